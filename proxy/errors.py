@@ -1,0 +1,80 @@
+"""The errors the proxy answers with, each mapped to one HTTP status in one place.
+
+ProxyError
+├── BadRequest            400  the request cannot be forwarded as sent
+├── NoConnection          404  no connection serves this path
+├── ConsentRequired       503  the grant is gone: a person must link the account again
+├── TokenUnavailable      503  no usable token right now (identity service unreachable, ...)
+├── BadGateway            502  the upstream could not be reached or broke the exchange
+└── GatewayTimeout        504  the upstream did not answer in time
+
+Bodies are RFC 9457 `application/problem+json`; `type` is stable, `detail` never holds a secret.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ProxyError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal-error"
+    title: ClassVar[str] = "Internal proxy error"
+
+    def __init__(self, detail: str, *, connection: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.connection = connection
+
+    @property
+    def type_uri(self) -> str:
+        return f"urn:nmbrs-proxy:problem:{self.slug}"
+
+    def problem(self) -> dict[str, object]:
+        body: dict[str, object] = {
+            "type": self.type_uri,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+        }
+        if self.connection is not None:
+            body["connection"] = self.connection
+        return body
+
+
+class BadRequest(ProxyError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad request"
+
+
+class NoConnection(ProxyError):
+    status = 404
+    slug = "no-connection"
+    title = "No connection serves this path"
+
+
+class ConsentRequired(ProxyError):
+    status = 503
+    slug = "consent-required"
+    title = "The account must be linked again"
+
+
+class TokenUnavailable(ProxyError):
+    status = 503
+    slug = "token-unavailable"
+    title = "No usable access token"
+
+
+class BadGateway(ProxyError, ConnectionError):
+    status = 502
+    slug = "bad-gateway"
+    title = "The upstream could not be reached"
+
+
+class GatewayTimeout(ProxyError, TimeoutError):
+    status = 504
+    slug = "gateway-timeout"
+    title = "The upstream did not answer in time"

@@ -1,0 +1,1 @@
+"""OAuth protocol helpers (pure) and the consent routes."""

@@ -1,0 +1,1 @@
+"""Token sets, their lifetimes, the grants that renew them and the stores that keep them."""

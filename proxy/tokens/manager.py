@@ -1,0 +1,262 @@
+"""One connection's token, kept fresh without making requests wait.
+
+`bearer()` is the request path: a FRESH token is returned with no I/O; a STALE one is returned
+while one background refresh starts; with no usable token, every caller awaits the same single
+in-flight refresh. `run_refresher()` renews ahead of expiry so that, in steady state, no request
+ever sees a STALE or INVALID token.
+
+A renewed set is saved before it is used. A failed refresh never discards the stored set:
+`invalid_grant` / `invalid_client` mark the connection as needing consent and keep the refresh
+token for inspection; other failures are retried with backoff while the current token serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from proxy.errors import ConsentRequired, TokenUnavailable
+from proxy.oauth.protocol import GrantError
+from proxy.tokens.grants import Grant
+from proxy.tokens.model import TokenSet, TokenState, token_state
+from proxy.tokens.store import StoreError, TokenStore
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+BACKOFF_FIRST_SECONDS: Final = 1.0
+BACKOFF_MAX_SECONDS: Final = 60.0
+# After a failed refresh, requests fail fast for this long instead of hammering the IdP.
+FAILURE_COOLDOWN_SECONDS: Final = 1.0
+MAX_JITTER_SECONDS: Final = 30.0
+
+
+@dataclass(frozen=True)
+class TokenStatus:
+    """What the status page, readiness and metrics show about a connection; no secrets."""
+
+    connection: str
+    linked: bool
+    state: TokenState
+    needs_consent: bool
+    ready: bool
+    expires_at: float | None
+    refresh_issued_at: float | None
+    last_refresh_at: float | None
+    scopes: tuple[str, ...]
+    last_error: str | None
+
+
+class TokenManager:
+    def __init__(
+        self,
+        connection: str,
+        grant: Grant,
+        store: TokenStore,
+        *,
+        refresh_margin: float,
+        clock: Clock = time.time,
+        jitter: Callable[[float], float] = lambda high: random.uniform(0, high),  # noqa: S311
+    ) -> None:
+        self.connection = connection
+        self.grant = grant
+        self._store = store
+        self._margin = refresh_margin
+        self._clock = clock
+        self._jitter = jitter
+        self._tokens: TokenSet | None = None
+        self._inflight: asyncio.Task[TokenSet] | None = None
+        self._needs_consent = False
+        self._last_error: GrantError | None = None
+        self._last_failure_at: float | None = None
+        self._last_refresh_at: float | None = None
+        self._unsaved = False
+        self._failures = 0
+        self._changed = asyncio.Event()
+        self.refresh_count = 0
+
+    def __repr__(self) -> str:
+        return f"TokenManager({self.connection!r}, state={self.state().value})"
+
+    @property
+    def tokens(self) -> TokenSet | None:
+        return self._tokens
+
+    def state(self) -> TokenState:
+        return token_state(self._tokens, self._clock(), self._margin)
+
+    async def load(self) -> None:
+        """Pick up the stored set at start: a restart needs no new consent."""
+        self._tokens = await self._store.load(self.connection)
+        self._changed.set()
+
+    async def bearer(self) -> str:
+        tokens = self._tokens
+        state = token_state(tokens, self._clock(), self._margin)
+        if tokens is not None and state is TokenState.FRESH:
+            return tokens.access_token
+        if tokens is not None and state is TokenState.STALE:
+            self._start_refresh()
+            return tokens.access_token
+        return (await self._refresh_for_request()).access_token
+
+    async def after_rejection(self, rejected: str) -> str:
+        """The upstream said 401 to `rejected`: share one forced refresh, unless done already."""
+        tokens = self._tokens
+        if tokens is not None and tokens.access_token != rejected:
+            return tokens.access_token
+        return (await self._refresh_for_request()).access_token
+
+    async def adopt(self, tokens: TokenSet) -> None:
+        """A person just consented: save and use the new set."""
+        tokens = tokens.with_version((self._tokens.version if self._tokens else 0) + 1)
+        saved = await self._save(tokens)
+        self._tokens = tokens
+        self._needs_consent = False
+        self._last_error = None
+        self._last_failure_at = None
+        self._failures = 0
+        self._last_refresh_at = self._clock()
+        self._changed.set()
+        if not saved:
+            raise StoreError("the new token could not be saved; it serves from memory meanwhile")
+
+    def status(self) -> TokenStatus:
+        tokens = self._tokens
+        now = self._clock()
+        state = token_state(tokens, now, self._margin)
+        linked = tokens is not None
+        return TokenStatus(
+            connection=self.connection,
+            linked=linked,
+            state=state,
+            needs_consent=self._needs_consent,
+            ready=linked and not self._needs_consent and state is not TokenState.INVALID,
+            expires_at=None if tokens is None else tokens.expires_at,
+            refresh_issued_at=None if tokens is None else tokens.refresh_issued_at,
+            last_refresh_at=self._last_refresh_at,
+            scopes=() if tokens is None else tokens.scopes,
+            last_error=None if self._last_error is None else self._last_error.error,
+        )
+
+    async def run_refresher(self) -> None:
+        """Renew ahead of expiry, forever; cancelled at shutdown."""
+        while True:
+            self._changed.clear()  # before deciding, so that no wake-up is lost
+            delay = self._next_refresh_delay()
+            if delay is None or delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), delay)
+                continue
+            with contextlib.suppress(ConsentRequired, TokenUnavailable):
+                if self._unsaved and self._tokens is not None:
+                    await self._save(self._tokens)
+                else:
+                    await self._shared_refresh()
+
+    def _next_refresh_delay(self) -> float | None:
+        """Seconds until the refresher should act; None: nothing to do until something changes."""
+        tokens = self._tokens
+        if self._needs_consent or (tokens is None and self.grant.interactive):
+            return None
+        now = self._clock()
+        if self._failures:
+            backoff = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (self._failures - 1))
+            since = now - (self._last_failure_at or now)
+            return float(backoff + self._jitter(backoff / 2) - since)
+        if tokens is None or self._unsaved:
+            return 0.0
+        jitter = self._jitter(min(MAX_JITTER_SECONDS, tokens.lifetime / 20))
+        return tokens.refresh_at(self._margin) - jitter - now
+
+    async def _refresh_for_request(self) -> TokenSet:
+        if self._needs_consent or (self._tokens is None and self.grant.interactive):
+            raise self._consent_error()
+        if (
+            self._last_failure_at is not None
+            and self._inflight is None
+            and self._clock() - self._last_failure_at < FAILURE_COOLDOWN_SECONDS
+        ):
+            raise self._unavailable_error()
+        return await self._shared_refresh()
+
+    def _start_refresh(self) -> asyncio.Task[TokenSet]:
+        if self._inflight is None:
+            task = asyncio.get_running_loop().create_task(self._refresh())
+            task.add_done_callback(self._refresh_done)
+            self._inflight = task
+        return self._inflight
+
+    def _refresh_done(self, task: asyncio.Task[TokenSet]) -> None:
+        self._inflight = None
+        if not task.cancelled():
+            task.exception()  # retrieved: failures are recorded and logged in _refresh
+
+    async def _shared_refresh(self) -> TokenSet:
+        # shield: a caller that gives up (client gone) must not cancel everyone's refresh
+        return await asyncio.shield(self._start_refresh())
+
+    async def _refresh(self) -> TokenSet:
+        current = self._tokens
+        try:
+            renewed = await self.grant.renew(current)
+        except GrantError as exc:
+            self._last_error = exc
+            self._last_failure_at = self._clock()
+            if exc.fatal:
+                self._needs_consent = True
+                self._failures = 0
+                log.error(  # noqa: TRY400 - the traceback would say nothing more
+                    "refresh refused for connection %s (%s): consent is needed; "
+                    "the stored refresh token is kept",
+                    self.connection,
+                    exc.error,
+                )
+                raise self._consent_error() from None
+            self._failures += 1
+            log.warning("refresh failed for connection %s: %s", self.connection, exc)
+            raise self._unavailable_error() from None
+        renewed = renewed.with_version((current.version if current else 0) + 1)
+        # Saved before use. If the save fails, the rotated set is still the only one that
+        # works: it serves from memory and the refresher keeps retrying the save.
+        await self._save(renewed)
+        self._tokens = renewed
+        self._last_error = None
+        self._last_failure_at = None
+        self._failures = 0
+        self._last_refresh_at = self._clock()
+        self.refresh_count += 1
+        self._changed.set()
+        log.info("refreshed the token of connection %s", self.connection)
+        return renewed
+
+    async def _save(self, tokens: TokenSet) -> bool:
+        try:
+            await self._store.save(self.connection, tokens)
+        except StoreError:
+            self._unsaved = True
+            log.exception("could not save the token of connection %s", self.connection)
+            return False
+        self._unsaved = False
+        return True
+
+    def _consent_error(self) -> ConsentRequired:
+        reason = self._last_error.error if self._last_error else "not linked yet"
+        return ConsentRequired(
+            f"connection {self.connection!r} needs consent ({reason}): "
+            "visit /_proxy/ to link the account again",
+            connection=self.connection,
+        )
+
+    def _unavailable_error(self) -> TokenUnavailable:
+        reason = self._last_error.description if self._last_error else "no token yet"
+        return TokenUnavailable(
+            f"no usable token for connection {self.connection!r}: {reason}",
+            connection=self.connection,
+        )
