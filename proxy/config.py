@@ -2,14 +2,32 @@
 
 The loader (`load`) resolves `env:NAME` and `file:PATH` references for any string value, checks
 types and unknown keys, and raises one `ConfigError` listing every problem with its dotted key.
+
+Reading works table by table through a small `_Reader`: it hands each value to a parser (a plain
+function that returns the checked value or raises `_Invalid`), records every problem under the
+value's dotted key, and remembers which keys were asked for, so whatever is left over is reported
+as an unknown key. Which keys a connection takes depends on its provider: see `_PROVIDERS`.
 """
 
 from __future__ import annotations
 
+import difflib
+import enum
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date, datetime, time
 from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from proxy.secret import Secret
+
+_CONFIG_ENV: Final = "NMBRS_PROXY_CONFIG"
+_DEFAULT_CONFIG_FILE: Final = "config.toml"
 
 
 @dataclass(frozen=True)
@@ -53,3 +71,495 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     connections: tuple[ConnectionSettings, ...] = ()
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; `problems` holds every reason, each led by its key."""
+
+    def __init__(self, problems: Iterable[str]) -> None:
+        self.problems: tuple[str, ...] = tuple(problems)
+        super().__init__("invalid configuration:\n  - " + "\n  - ".join(self.problems))
+
+
+# --- entry points ---------------------------------------------------------------------------
+
+
+def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
+    """Where the configuration lives: `--config`, else $NMBRS_PROXY_CONFIG, else ./config.toml."""
+    return Path(cli_value or environ.get(_CONFIG_ENV) or _DEFAULT_CONFIG_FILE)
+
+
+def load(path: Path, environ: Mapping[str, str]) -> Settings:
+    """Read and check the TOML file at `path`; relative paths in it are relative to its folder."""
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read the configuration file ({_reason(err)})"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError([f"{path}: the configuration file is not UTF-8 text"]) from err
+    except tomllib.TOMLDecodeError as err:  # its message ends with "(at line L, column C)"
+        raise ConfigError([f"{path}: invalid TOML: {err}"]) from err
+    return parse(data, base_dir=path.absolute().parent, environ=environ)
+
+
+def parse(data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str]) -> Settings:
+    """Check already-decoded TOML. Only `file:` references touch the file system."""
+    context = _Context(base_dir.absolute(), environ)
+    root = _Reader(data, "", context)
+    server = root.table("server")
+    store = root.table("store")
+    session = root.table("session")
+    settings = Settings(
+        server=_server(server) if server is not None else ServerSettings(),
+        store=_store(store) if store is not None else StoreSettings(),
+        session=_session(session) if session is not None else SessionSettings(),
+        connections=_connections(root.table("connections")),
+    )
+    root.finish()
+    if context.problems:
+        raise ConfigError(context.problems)
+    return settings
+
+
+# --- the reader -----------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+_ENV_PREFIX: Final = "env:"
+_FILE_PREFIX: Final = "file:"
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+class _Invalid(Exception):
+    """Problems with one value, as (key suffix, message) pairs; the reader records them."""
+
+    def __init__(self, message: str = "", *, problems: Sequence[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.problems = tuple(problems) or (("", message),)
+
+
+@dataclass
+class _Context:
+    """What parsers may look at: the folder for relative paths and the environment."""
+
+    base_dir: Path
+    environ: Mapping[str, str]
+    problems: list[str] = field(default_factory=list)
+
+    def resolve(self, text: str) -> str:
+        """The value an `env:NAME` or `file:PATH` reference stands for; a literal as it is."""
+        if text.startswith(_ENV_PREFIX):
+            return self._env(text.removeprefix(_ENV_PREFIX))
+        if text.startswith(_FILE_PREFIX):
+            return self._file(text.removeprefix(_FILE_PREFIX))
+        return text
+
+    def path(self, text: str) -> Path:
+        return (self.base_dir / text).absolute()
+
+    def _env(self, name: str) -> str:
+        if not name:
+            raise _Invalid("an env: reference needs a variable name")
+        value = self.environ.get(name)
+        if value is None:
+            raise _Invalid(f"environment variable {name} is not set")
+        if not value:
+            raise _Invalid(f"environment variable {name} is empty")
+        return value
+
+    def _file(self, name: str) -> str:
+        if not name:
+            raise _Invalid("a file: reference needs a path")
+        path = self.path(name)
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except OSError as err:
+            raise _Invalid(f"cannot read file {path} ({_reason(err)})") from err
+        except UnicodeDecodeError as err:
+            raise _Invalid(f"cannot read file {path} (not UTF-8 text)") from err
+        return text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+
+
+_Parser = Callable[[Any, _Context], _T]
+
+
+class _Missing(enum.Enum):
+    MISSING = enum.auto()
+
+
+class _Reader:
+    """One TOML table under a dotted key: reads values, records problems instead of raising."""
+
+    def __init__(self, data: Mapping[str, Any], key: str, context: _Context) -> None:
+        self._data = data
+        self._key = key
+        self._context = context
+        self._known: list[str] = []
+        self._invalid: set[str] = set()  # keys with a recorded problem
+
+    def key(self, name: str) -> str:
+        shown = name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+        return f"{self._key}.{shown}" if self._key else shown
+
+    def problem(self, message: str, name: str | None = None, suffix: str = "") -> None:
+        """Record a problem with this table itself, or with its key `name`."""
+        key = self._key if name is None else self.key(name)
+        if name is not None:
+            self._invalid.add(name)
+        self._context.problems.append(f"{key}{suffix}: {message}")
+
+    def require(self, name: str, parse: _Parser[_T]) -> _T | None:
+        """The parsed value; None (with a problem recorded) when it is missing or invalid."""
+        value = self._take(name)
+        if value is _Missing.MISSING:
+            self.problem("required", name)
+            return None
+        return self._parse(name, value, parse)
+
+    def optional(self, name: str, parse: _Parser[_T]) -> _T | None:
+        value = self._take(name)
+        return None if value is _Missing.MISSING else self._parse(name, value, parse)
+
+    def get(self, name: str, parse: _Parser[_T], default: object) -> _T:
+        """The parsed value, or the parsed `default` (written as in the file) when missing.
+
+        On a problem the default stands in, so callers always hold a well-typed value; the
+        recorded problem keeps it from ever leaving `parse()`.
+        """
+        value = self._take(name)
+        if value is not _Missing.MISSING:
+            parsed = self._parse(name, value, parse)
+            if parsed is not None:
+                return parsed
+        return parse(default, self._context)
+
+    def table(self, name: str) -> _Reader | None:
+        """The sub-table `name` (empty when absent); None when it is not a table."""
+        value = self._take(name)
+        if value is _Missing.MISSING:
+            value = {}
+        if not isinstance(value, Mapping):
+            self.problem(_expected("a table", value), name)
+            return None
+        return _Reader(value, self.key(name), self._context)
+
+    def tables(self) -> Iterator[tuple[str, _Reader]]:
+        """Every entry of this table, each of which must itself be a table."""
+        for name in self._data:
+            sub = self.table(name)
+            if sub is not None:
+                yield name, sub
+
+    def is_empty(self) -> bool:
+        return not self._data
+
+    def problem_count(self) -> int:
+        return len(self._context.problems)
+
+    def is_valid(self, name: str) -> bool:
+        return name not in self._invalid
+
+    def finish(self) -> None:
+        """Report every key that nobody asked for."""
+        for name in self._data:
+            if name not in self._known:
+                close = difflib.get_close_matches(name, self._known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.problem(f"unknown key{hint}", name)
+
+    def _take(self, name: str) -> Any:
+        self._known.append(name)
+        return self._data.get(name, _Missing.MISSING)
+
+    def _parse(self, name: str, value: Any, parse: _Parser[_T]) -> _T | None:
+        try:
+            return parse(value, self._context)
+        except _Invalid as err:
+            for suffix, message in err.problems:
+                self.problem(message, name, suffix)
+            return None
+
+
+# --- value parsers: (raw TOML value, context) -> checked value, or raise _Invalid -----------
+
+_TYPE_NAMES: Final[Sequence[tuple[type | tuple[type, ...], str]]] = (
+    (bool, "a boolean"),  # before int: a bool is an int to Python, never to us
+    (int, "an integer"),
+    (float, "a float"),
+    (str, "a string"),
+    (list, "an array"),
+    (Mapping, "a table"),
+    ((datetime, date, time), "a date or time"),
+)
+
+
+def _type_name(value: object) -> str:
+    return next((name for kind, name in _TYPE_NAMES if isinstance(value, kind)), "unknown")
+
+
+def _expected(what: str, value: object) -> str:
+    return f"expected {what}, got {_type_name(value)}"
+
+
+def _reason(err: OSError) -> str:
+    return err.strerror or type(err).__name__
+
+
+def _text(value: Any, context: _Context) -> str:
+    """A non-empty string, with an `env:`/`file:` reference resolved."""
+    if not isinstance(value, str):
+        raise _Invalid(_expected("a string", value))
+    text = context.resolve(value)
+    if not text:
+        raise _Invalid("must not be empty")
+    return text
+
+
+def _secret(value: Any, context: _Context) -> Secret:
+    return Secret(_text(value, context))
+
+
+def _session_secret(value: Any, context: _Context) -> Secret:
+    text = _text(value, context)
+    if len(text) < 16:
+        raise _Invalid("must be at least 16 characters")
+    return Secret(text)
+
+
+def _one_of(*allowed: str) -> _Parser[str]:
+    shown = ", ".join(repr(choice) for choice in allowed)
+
+    def parse(value: Any, context: _Context) -> str:
+        text = _text(value, context)
+        if text not in allowed:
+            raise _Invalid(f"{text!r} is not supported (allowed: {shown})")
+        return text
+
+    return parse
+
+
+def _integer(value: Any, _context: _Context) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _Invalid(_expected("an integer", value))
+    return value
+
+
+def _port(value: Any, context: _Context) -> int:
+    port = _integer(value, context)
+    if not 0 <= port <= 65535:
+        raise _Invalid("must be between 0 and 65535")
+    return port
+
+
+def _seconds(*, allow_zero: bool) -> _Parser[float]:
+    def parse(value: Any, _context: _Context) -> float:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise _Invalid(_expected("a number", value))
+        if not math.isfinite(value):
+            raise _Invalid("must be a finite number")
+        if value < 0 or (value == 0 and not allow_zero):
+            raise _Invalid("must be at least 0" if allow_zero else "must be greater than 0")
+        return float(value)
+
+    return parse
+
+
+def _store_path(value: Any, context: _Context) -> Path:
+    return context.path(_text(value, context))
+
+
+def _word(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    if any(char.isspace() for char in text):
+        raise _Invalid("must not contain whitespace")
+    return text
+
+
+def _unique_words(value: Any, context: _Context) -> tuple[str, ...]:
+    """A non-empty array of words; duplicates dropped, first occurrence kept."""
+    if not isinstance(value, list):
+        raise _Invalid(_expected("an array of strings", value))
+    if not value:
+        raise _Invalid("must not be empty")
+    words: list[str] = []
+    problems: list[tuple[str, str]] = []
+    for index, item in enumerate(value):
+        try:
+            words.append(_word(item, context))
+        except _Invalid as err:
+            problems.extend((f"[{index}]{suffix}", message) for suffix, message in err.problems)
+    if problems:
+        raise _Invalid(problems=problems)
+    return tuple(dict.fromkeys(words))
+
+
+_PREFIX_FORBIDDEN: Final = ("..", "//", "?", "#", "%")
+
+
+def _prefix(value: Any, context: _Context) -> str:
+    """An inbound path prefix, normalised to end with "/"."""
+    text = _text(value, context)
+    if not text.startswith("/"):
+        raise _Invalid("must start with '/'")
+    found = [repr(part) for part in _PREFIX_FORBIDDEN if part in text]
+    if any(char.isspace() for char in text):
+        found.append("whitespace")
+    if found:
+        raise _Invalid("must not contain " + ", ".join(found))
+    return text if text.endswith("/") else f"{text}/"
+
+
+def _http_url(text: str) -> SplitResult:
+    """Checks shared by every URL: absolute http(s), a host, no user info, no fragment."""
+    if any(char.isspace() for char in text):
+        raise _Invalid("must not contain whitespace")
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError as err:
+        raise _Invalid("is not a valid URL") from err
+    if parts.scheme not in {"http", "https"}:
+        raise _Invalid("must be an absolute http or https URL")
+    if not parts.hostname:
+        raise _Invalid("must include a host")
+    if "@" in parts.netloc:
+        raise _Invalid("must not include user info")
+    if "#" in text:
+        raise _Invalid("must not include a fragment")
+    return parts
+
+
+def _base_url(value: Any, context: _Context) -> str:
+    """An upstream origin (optionally with a base path) or an issuer; no trailing slash."""
+    text = _text(value, context)
+    _http_url(text)
+    if "?" in text:
+        raise _Invalid("must not include a query")
+    return text.rstrip("/")
+
+
+_PROXY_PATH: Final = "/_proxy/"
+_CALLBACK_PATH: Final = "/_proxy/callback"
+
+
+def _redirect_uri(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    path = _http_url(text).path
+    if not path:
+        raise _Invalid(f"must include a path (e.g. {_CALLBACK_PATH})")
+    if path.startswith(_PROXY_PATH) and path != _CALLBACK_PATH:
+        raise _Invalid(
+            f"path must not be under {_PROXY_PATH} (the proxy's own pages), except {_CALLBACK_PATH}"
+        )
+    return text
+
+
+# --- sections -------------------------------------------------------------------------------
+
+
+def _server(table: _Reader) -> ServerSettings:
+    settings = ServerSettings(
+        host=table.get("host", _text, "127.0.0.1"),
+        port=table.get("port", _port, 8080),
+    )
+    table.finish()
+    return settings
+
+
+_STORE_BACKENDS: Final = ("file",)
+
+
+def _store(table: _Reader) -> StoreSettings:
+    settings = StoreSettings(
+        backend=table.get("backend", _one_of(*_STORE_BACKENDS), "file"),
+        path=table.get("path", _store_path, "state/tokens.json"),
+    )
+    table.finish()
+    return settings
+
+
+def _session(table: _Reader) -> SessionSettings:
+    settings = SessionSettings(secret=table.optional("secret", _session_secret))
+    table.finish()
+    return settings
+
+
+# How each connection key is read. A provider picks which of them it requires or defaults.
+_CONNECTION_KEYS: Final[Mapping[str, _Parser[Any]]] = {
+    "prefix": _prefix,
+    "upstream": _base_url,
+    "issuer": _base_url,
+    "subscription_key": _secret,
+    "client_id": _text,  # not a secret: the status page shows it
+    "client_secret": _secret,
+    "redirect_uri": _redirect_uri,
+    "scopes": _unique_words,
+    "refresh_margin_seconds": _seconds(allow_zero=True),
+    "connect_timeout_seconds": _seconds(allow_zero=False),
+    "read_timeout_seconds": _seconds(allow_zero=False),
+}
+
+_COMMON_DEFAULTS: Final[Mapping[str, object]] = {
+    "prefix": "/",
+    "refresh_margin_seconds": 300,
+    "connect_timeout_seconds": 10,
+    "read_timeout_seconds": 60,
+}
+
+
+@dataclass(frozen=True)
+class _Provider:
+    """The keys one provider's connections take: those that must be given, and the defaults."""
+
+    required: tuple[str, ...]
+    defaults: Mapping[str, object]
+
+
+_PROVIDERS: Final[Mapping[str, _Provider]] = {
+    "nmbrs": _Provider(
+        required=("client_id", "client_secret", "redirect_uri", "scopes", "subscription_key"),
+        defaults={
+            **_COMMON_DEFAULTS,
+            "upstream": "https://api.nmbrsapp.com",
+            "issuer": "https://identityservice.nmbrs.com",
+        },
+    ),
+}
+
+_CONNECTION_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _connections(table: _Reader | None) -> tuple[ConnectionSettings, ...]:
+    if table is None:  # not a table: already reported
+        return ()
+    if table.is_empty():
+        table.problem("at least one connection is required")
+        return ()
+    prefixes: dict[str, str] = {}  # normalised prefix -> the connection that claimed it first
+    connections = [_connection(name, sub, prefixes) for name, sub in table.tables()]
+    return tuple(connection for connection in connections if connection is not None)
+
+
+def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> ConnectionSettings | None:
+    """One connection, or None when it has problems (all of them recorded)."""
+    before = table.problem_count()
+    if not _CONNECTION_NAME.fullmatch(name):
+        table.problem("the name must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'")
+    provider = table.require("provider", _one_of(*_PROVIDERS))
+    if provider is None:  # which keys are valid depends on the provider: nothing more to check
+        return None
+    profile = _PROVIDERS[provider]
+    values: dict[str, Any] = {}
+    for key in profile.required:
+        values[key] = table.require(key, _CONNECTION_KEYS[key])
+    for key, default in profile.defaults.items():
+        values[key] = table.get(key, _CONNECTION_KEYS[key], default)
+    table.finish()
+    if table.is_valid("prefix"):  # a bad prefix has the default standing in: nothing to compare
+        prefix = values["prefix"]
+        first = prefixes.setdefault(prefix, name)
+        if first != name:
+            table.problem(f"{prefix!r} is already served by connection {first!r}", "prefix")
+    if table.problem_count() > before:
+        return None
+    return ConnectionSettings(name=name, provider=provider, **values)

@@ -113,6 +113,12 @@ class TokenManager:
             return tokens.access_token
         return (await self._refresh_for_request()).access_token
 
+    def refresh_after_rejection_soon(self, rejected: str) -> None:
+        """Like `after_rejection`, for a caller that cannot wait (its body is already sent)."""
+        tokens = self._tokens
+        if tokens is not None and tokens.access_token == rejected and not self._needs_consent:
+            self._start_refresh()
+
     async def adopt(self, tokens: TokenSet) -> None:
         """A person just consented: save and use the new set."""
         tokens = tokens.with_version((self._tokens.version if self._tokens else 0) + 1)

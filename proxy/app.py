@@ -1,0 +1,103 @@
+"""Composition root: settings in, a runnable aiohttp application out.
+
+Order matters and is spelled out here: middlewares (problems), the proxy's own routes under
+/_proxy/ and the callback path, then the catch-all forwarder. Long-lived resources (the one
+upstream ClientSession, the token refreshers) are created and torn down in cleanup_ctx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.connection import build_connection
+from proxy.errors import PROBLEM_CONTENT_TYPE, ProxyError
+from proxy.forward import forward
+from proxy.oauth.routes import setup_consent
+from proxy.observe import healthz, readyz
+from proxy.state import PROXY_STATE, ProxyState
+from proxy.tokens.store import FileStore, TokenStore
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STORE = web.AppKey("store", TokenStore)
+
+
+def problem_response(error: ProxyError) -> web.Response:
+    return web.json_response(
+        error.problem(), status=error.status, content_type=PROBLEM_CONTENT_TYPE
+    )
+
+
+@web.middleware
+async def problems(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error a client sees is application/problem+json, never a stack trace."""
+    try:
+        return await handler(request)
+    except ProxyError as error:
+        return problem_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {
+            "type": f"urn:nmbrs-proxy:problem:http-{exc.status}",
+            "title": exc.reason,
+            "status": exc.status,
+            "detail": exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else "",
+        }
+        return web.json_response(
+            body, status=exc.status, headers=exc.headers, content_type=PROBLEM_CONTENT_TYPE
+        )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    store: TokenStore | None = None,
+) -> web.Application:
+    app = web.Application(middlewares=[problems], client_max_size=1024**2)
+    app[STORE] = store if store is not None else FileStore(settings.store.path)
+
+    async def proxy_state(app: web.Application) -> AsyncIterator[None]:
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=30),
+            auto_decompress=False,  # bytes pass through untouched, Content-Encoding stays true
+            cookie_jar=aiohttp.DummyCookieJar(),  # one client's cookies never reach another's
+            trust_env=False,
+        )
+        connections = {
+            c.name: build_connection(c, session=session, store=app[STORE], clock=clock)
+            for c in settings.connections
+        }
+        for connection in connections.values():
+            await connection.manager.load()
+        app[PROXY_STATE] = ProxyState(
+            settings=settings, store=app[STORE], session=session, connections=connections
+        )
+        refreshers = [
+            asyncio.create_task(c.manager.run_refresher(), name=f"refresher:{c.name}")
+            for c in connections.values()
+        ]
+        yield
+        for task in refreshers:
+            task.cancel()
+        for task in refreshers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await session.close()
+
+    app.cleanup_ctx.append(proxy_state)
+    app.router.add_get("/_proxy/healthz", healthz)
+    app.router.add_get("/_proxy/readyz", readyz)
+    setup_consent(app, settings)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app

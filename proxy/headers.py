@@ -1,0 +1,88 @@
+"""Which headers cross the proxy, in each direction: pure rules, no I/O.
+
+RFC 9110 §7.6.1: hop-by-hop fields (and any field named in `Connection`) describe one connection
+and are never forwarded. The client's own credentials for the upstream are never forwarded: the
+proxy's replace them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Final
+
+from multidict import CIMultiDict, MultiMapping
+
+VIA: Final = "1.1 nmbrs-proxy"
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# Never forwarded upstream: the upstream's Host is set by the client library, the credentials
+# are the proxy's, `Expect` was answered by the proxy's own server, X-Forwarded-* are rebuilt.
+_NOT_FORWARDED_UPSTREAM: Final = frozenset(
+    {
+        "host",
+        "authorization",
+        "x-subscription-key",
+        "expect",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
+
+
+def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
+    """Field names listed in `Connection` (RFC 9110 §7.6.1), lower-cased."""
+    return frozenset(
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+        if token.strip()
+    )
+
+
+def _end_to_end(headers: MultiMapping[str], also_drop: frozenset[str]) -> Iterable[tuple[str, str]]:
+    drop = HOP_BY_HOP | connection_tokens(headers) | also_drop
+    return ((name, value) for name, value in headers.items() if name.lower() not in drop)
+
+
+def upstream_request_headers(
+    inbound: MultiMapping[str],
+    *,
+    client_address: str | None,
+    scheme: str,
+    host: str | None,
+    credentials: Mapping[str, str],
+    defaults: Mapping[str, str] = {},
+) -> CIMultiDict[str]:
+    """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials."""
+    out: CIMultiDict[str] = CIMultiDict(_end_to_end(inbound, _NOT_FORWARDED_UPSTREAM))
+    if client_address:
+        forwarded_for = ", ".join([*out.popall("X-Forwarded-For", []), client_address])
+        out["X-Forwarded-For"] = forwarded_for
+    out["X-Forwarded-Proto"] = scheme
+    if host:
+        out["X-Forwarded-Host"] = host
+    out["Via"] = ", ".join([*out.popall("Via", []), VIA])
+    for name, value in defaults.items():
+        out.setdefault(name, value)
+    out.update(credentials)
+    return out
+
+
+def client_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
+    """The headers sent back to the client: the upstream's end-to-end ones, plus `Via`."""
+    out: CIMultiDict[str] = CIMultiDict(_end_to_end(upstream, frozenset()))
+    out["Via"] = ", ".join([*out.popall("Via", []), VIA])
+    return out

@@ -1,0 +1,33 @@
+"""Which connection serves a request target, and where upstream it goes: pure string rules.
+
+The request target is used as the client sent it (raw, still percent-encoded), so that paths
+and query strings reach the upstream byte for byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def split_target(raw_target: str) -> tuple[str, str]:
+    """("/path", "?query") from an origin-form request target; the query keeps its "?"."""
+    path, mark, query = raw_target.partition("?")
+    return path, mark + query
+
+
+def match_prefix(prefixes: Sequence[str], path: str) -> str | None:
+    """The longest prefix (each ends with "/") that serves `path`; "/acme/" also serves "/acme"."""
+    best: str | None = None
+    for prefix in prefixes:
+        if (path.startswith(prefix) or path == prefix[:-1]) and (
+            best is None or len(prefix) > len(best)
+        ):
+            best = prefix
+    return best
+
+
+def upstream_url(upstream: str, prefix: str, raw_target: str) -> str:
+    """The upstream URL for a target served by `prefix`: prefix stripped, the rest untouched."""
+    path, query = split_target(raw_target)
+    tail = path[len(prefix) - 1 :] or "/"
+    return f"{upstream}{tail}{query}"

@@ -1,0 +1,29 @@
+"""Typed application state shared by the handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from proxy.config import Settings
+from proxy.connection import Connection
+from proxy.tokens.store import TokenStore
+
+
+@dataclass
+class ProxyState:
+    settings: Settings
+    store: TokenStore
+    session: aiohttp.ClientSession
+    connections: dict[str, Connection]
+    by_prefix: dict[str, Connection] = field(init=False)
+    prefixes: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.by_prefix = {c.settings.prefix: c for c in self.connections.values()}
+        self.prefixes = tuple(self.by_prefix)
+
+
+PROXY_STATE = web.AppKey("proxy_state", ProxyState)
