@@ -1,0 +1,47 @@
+# The two commands: `make demo` (the proxy against the embedded sandbox) and `make test`.
+# Both work from a bare machine: they create .venv and install what they need.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: demo test lint typecheck unit setup system-deps clean
+
+demo: $(STAMP)
+	$(BIN)/nmbrs-proxy demo
+
+test: $(STAMP) system-deps lint typecheck unit
+
+setup: $(STAMP) system-deps
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \
+	  echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv; \
+	  $(PYTHON) -m venv $(VENV); }
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# Programs the test suite starts for real (none are faked): installed from Debian's packages.
+SYSTEM_PROGRAMS :=
+system-deps:
+	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
