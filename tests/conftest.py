@@ -1,0 +1,202 @@
+"""Shared fixtures: a recording upstream and a factory for real proxies in front of it."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from proxy.app import create_app
+from proxy.config import ConnectionSettings, ServerSettings, Settings, StoreSettings
+from proxy.secret import Secret
+from proxy.tokens.model import TokenSet
+from proxy.tokens.store import FileStore
+
+SUBSCRIPTION_KEY = "sub-key-for-tests"
+GZIPPED = gzip.compress(b'{"compressed": true}' * 50)
+
+
+@dataclass
+class Seen:
+    method: str
+    raw_path: str
+    headers: dict[str, list[str]]
+    body_size: int
+    body_sha256: str
+
+
+@dataclass
+class RecordingUpstream:
+    """An upstream that records what reached it; its answers are chosen per path."""
+
+    seen: list[Seen] = field(default_factory=list)
+    reject_tokens: set[str] = field(default_factory=set)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    url: str = ""
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.router.add_get("/download/{size}", self.download)
+        app.router.add_get("/gzip", self.gzipped)
+        app.router.add_get("/slow", self.slow)
+        app.router.add_get("/hang-body", self.hang_body)
+        app.router.add_route("*", "/{tail:.*}", self.echo)
+        return app
+
+    def headers_of(self, request: web.Request) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, value in request.headers.items():
+            out.setdefault(name.lower(), []).append(value)
+        return out
+
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        digest = hashlib.sha256()
+        size = 0
+        async for chunk in request.content.iter_any():
+            digest.update(chunk)
+            size += len(chunk)
+        seen = Seen(request.method, request.raw_path, self.headers_of(request), size,
+                    digest.hexdigest())
+        self.seen.append(seen)
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if token in self.reject_tokens:
+            return web.json_response(
+                {"title": "token rejected"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+        if request.method == "HEAD":
+            return web.Response(headers={"Content-Length": "42"})
+        body = json.dumps({"method": seen.method, "raw_path": seen.raw_path,
+                           "size": size, "sha256": seen.body_sha256}).encode()
+        return web.Response(
+            body=body,
+            content_type="application/json",
+            headers={"Connection": "close, X-Upstream-Private", "X-Upstream-Private": "hop",
+                     "Keep-Alive": "timeout=5", "Set-Cookie": "a=1", "X-Upstream": "yes"},
+        )
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        size = int(request.match_info["size"])
+        response = web.StreamResponse()
+        response.content_length = size
+        await response.prepare(request)
+        chunk = b"x" * (64 * 1024)
+        left = size
+        while left > 0:
+            piece = chunk[: min(left, len(chunk))]
+            await response.write(piece)
+            left -= len(piece)
+        await response.write_eof()
+        return response
+
+    async def gzipped(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=GZIPPED,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+
+    async def slow(self, _request: web.Request) -> web.Response:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return web.Response(text="too late")
+
+    async def hang_body(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b"partial")
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return response
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[RecordingUpstream]:
+    recorder = RecordingUpstream()
+    server = TestServer(recorder.app(), host="127.0.0.1")
+    await server.start_server()
+    recorder.url = str(server.make_url("")).rstrip("/")
+    yield recorder
+    await server.close()
+
+
+def connection_settings(
+    name: str = "nmbrs",
+    *,
+    upstream: str,
+    issuer: str = "http://127.0.0.1:9",
+    prefix: str = "/",
+    **overrides: Any,
+) -> ConnectionSettings:
+    settings = ConnectionSettings(
+        name=name,
+        provider="nmbrs",
+        prefix=prefix,
+        upstream=upstream,
+        client_id="PartnerApp_tests_*$1",
+        client_secret=Secret("s3cr:et%+tests"),
+        issuer=issuer,
+        redirect_uri="http://127.0.0.1:8080/_proxy/callback",
+        scopes=("offline_access", "company.info.read", "employee.info.read"),
+        subscription_key=Secret(SUBSCRIPTION_KEY),
+    )
+    return replace(settings, **overrides)
+
+
+def token_set(access_token: str = "access-1", *, lifetime: float = 3600.0,
+              refresh_token: str | None = "refresh-1", now: float | None = None) -> TokenSet:
+    now = time.time() if now is None else now
+    return TokenSet(access_token=access_token, expires_at=now + lifetime, obtained_at=now,
+                    refresh_token=refresh_token, refresh_issued_at=now,
+                    scopes=("company.info.read",))
+
+
+ProxyFactory = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+
+
+@pytest.fixture
+async def make_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
+    """Start a real proxy; `tokens` preloads the store, as if consent had happened."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def factory(
+        *connections: ConnectionSettings,
+        tokens: dict[str, TokenSet] | None = None,
+        store_path: Path | None = None,
+    ) -> TestClient[web.Request, web.Application]:
+        path = store_path or tmp_path / "state" / "tokens.json"
+        store = FileStore(path)
+        for name, tokens_of_connection in (tokens or {}).items():
+            await store.save(name, tokens_of_connection)
+        settings = Settings(
+            server=ServerSettings(port=0),
+            store=StoreSettings(path=path),
+            connections=connections,
+        )
+        server = TestServer(create_app(settings), host="127.0.0.1")
+        client = TestClient(server, cookie_jar=aiohttp.CookieJar(unsafe=True))
+        await client.start_server()
+        clients.append(client)
+        return client
+
+    yield factory
+    for client in clients:
+        await client.close()
