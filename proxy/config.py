@@ -331,8 +331,8 @@ def _one_of(*allowed: str) -> _Parser[str]:
 
     def parse(value: Any, context: _Context) -> str:
         text = _text(value, context)
-        if text not in allowed:
-            raise _Invalid(f"{text!r} is not supported (allowed: {shown})")
+        if text not in allowed:  # the value is not echoed: it may come from a reference
+            raise _Invalid(f"must be one of: {shown}")
         return text
 
     return parse

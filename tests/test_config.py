@@ -1,0 +1,698 @@
+"""Configuration: defaults, references, every rule with its exact message, and no leaked secrets."""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import ConfigError, Settings, config_path, load, parse
+from proxy.secret import Secret
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
+C = "connections.nmbrs"  # the dotted key of the minimal config's connection
+
+CONNECTION: dict[str, Any] = {
+    "provider": "nmbrs",
+    "client_id": "PartnerApp_demo_*$1",
+    "client_secret": "client-secret-value",
+    "subscription_key": "subscription-key-value",
+    "redirect_uri": "http://localhost:8080/_proxy/callback",
+    "scopes": ["offline_access", "company.info.read"],
+}
+MINIMAL: dict[str, Any] = {"connections": {"nmbrs": CONNECTION}}
+DELETE = object()
+
+
+def config(edits: Mapping[str, object] | None = None) -> dict[str, Any]:
+    """The minimal config with `edits` applied: dotted key -> new value, or DELETE."""
+    data = copy.deepcopy(MINIMAL)
+    for dotted, value in (edits or {}).items():
+        *parents, last = dotted.split(".")
+        table = data
+        for name in parents:
+            table = table.setdefault(name, {})
+        if value is DELETE:
+            del table[last]
+        else:
+            table[last] = copy.deepcopy(value)
+    return data
+
+
+def problems(
+    data: dict[str, Any], base_dir: Path, environ: dict[str, str] | None = None
+) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as caught:
+        parse(data, base_dir=base_dir, environ=environ or {})
+    return caught.value.problems
+
+
+def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
+    settings = parse(config(), base_dir=tmp_path, environ={})
+
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 8080
+    assert settings.store.backend == "file"
+    assert settings.store.path == tmp_path / "state" / "tokens.json"
+    assert settings.session.secret is None
+    (connection,) = settings.connections
+    assert connection.name == "nmbrs"
+    assert connection.provider == "nmbrs"
+    assert connection.prefix == "/"
+    assert connection.upstream == "https://api.nmbrsapp.com"
+    assert connection.issuer == "https://identityservice.nmbrs.com"
+    assert connection.client_id == "PartnerApp_demo_*$1"
+    assert connection.client_secret == Secret("client-secret-value")
+    assert connection.subscription_key == Secret("subscription-key-value")
+    assert connection.redirect_uri == "http://localhost:8080/_proxy/callback"
+    assert connection.scopes == ("offline_access", "company.info.read")
+    assert connection.refresh_margin_seconds == 300.0
+    assert connection.connect_timeout_seconds == 10.0
+    assert connection.read_timeout_seconds == 60.0
+
+
+def test_the_example_config_parses() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    names = set(re.findall(r"env:([A-Za-z0-9_]+)", text))
+    assert {"NMBRS_CLIENT_ID", "NMBRS_CLIENT_SECRET", "NMBRS_SUBSCRIPTION_KEY"} <= names
+    environ = {name: f"value-of-{name}" for name in names}
+
+    settings = load(EXAMPLE, environ)
+
+    assert settings.server.host == "127.0.0.1"  # loopback by default
+    assert settings.store.path == EXAMPLE.parent / "state" / "tokens.json"
+    (connection,) = settings.connections
+    assert connection.client_id == "value-of-NMBRS_CLIENT_ID"
+    assert connection.client_secret == Secret("value-of-NMBRS_CLIENT_SECRET")
+    assert connection.scopes == ("offline_access", "company.info.read", "employee.info.read")
+
+
+def test_the_example_documents_every_key() -> None:
+    data = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    text = EXAMPLE.read_text(encoding="utf-8")
+    connection_keys = set(data["connections"]["nmbrs"])
+    assert connection_keys == {
+        "provider", "prefix", "upstream", "subscription_key", "issuer", "client_id",
+        "client_secret", "redirect_uri", "scopes", "refresh_margin_seconds",
+        "connect_timeout_seconds", "read_timeout_seconds",
+    }  # fmt: skip
+    assert '# secret = "env:NMBRS_PROXY_SESSION_SECRET"' in text  # optional, shown commented out
+
+
+# --- valid values and how they are normalised --------------------------------------------------
+
+
+def conn(settings: Settings) -> Any:
+    return settings.connections[0]
+
+
+@pytest.mark.parametrize(
+    ("edits", "read", "expected"),
+    [
+        pytest.param({"server.port": 0}, lambda s: s.server.port, 0, id="port-0-any-free"),
+        pytest.param({"server.host": "::1"}, lambda s: s.server.host, "::1", id="host"),
+        pytest.param(
+            {"store.path": "/var/lib/proxy/t.json"},
+            lambda s: s.store.path,
+            Path("/var/lib/proxy/t.json"),
+            id="store-path-absolute",
+        ),
+        pytest.param(
+            {"session.secret": "0123456789abcdef"},
+            lambda s: s.session.secret,
+            Secret("0123456789abcdef"),
+            id="session-secret-16-chars",
+        ),
+        pytest.param(
+            {f"{C}.prefix": "/acme"}, lambda s: conn(s).prefix, "/acme/", id="prefix-slash"
+        ),
+        pytest.param({f"{C}.prefix": "/a/b/"}, lambda s: conn(s).prefix, "/a/b/", id="prefix-kept"),
+        pytest.param(
+            {f"{C}.upstream": "https://x.test/v1/"},
+            lambda s: conn(s).upstream,
+            "https://x.test/v1",
+            id="upstream-base-path",
+        ),
+        pytest.param(
+            {f"{C}.upstream": "http://127.0.0.1:9000/"},
+            lambda s: conn(s).upstream,
+            "http://127.0.0.1:9000",
+            id="upstream-trailing-slash",
+        ),
+        pytest.param(
+            {f"{C}.issuer": "https://id.test/"},
+            lambda s: conn(s).issuer,
+            "https://id.test",
+            id="issuer-trailing-slash",
+        ),
+        pytest.param(
+            {f"{C}.redirect_uri": "https://app.test/oauth/cb?x=1"},
+            lambda s: conn(s).redirect_uri,
+            "https://app.test/oauth/cb?x=1",
+            id="redirect-outside-proxy-with-query",
+        ),
+        pytest.param(
+            {f"{C}.scopes": ["a", "b", "a", "c", "b"]},
+            lambda s: conn(s).scopes,
+            ("a", "b", "c"),
+            id="scopes-deduplicated-in-order",
+        ),
+        pytest.param(
+            {f"{C}.refresh_margin_seconds": 0},
+            lambda s: conn(s).refresh_margin_seconds,
+            0.0,
+            id="margin-zero",
+        ),
+        pytest.param(
+            {f"{C}.read_timeout_seconds": 2.5},
+            lambda s: conn(s).read_timeout_seconds,
+            2.5,
+            id="timeout-float",
+        ),
+        pytest.param(
+            {f"{C}.connect_timeout_seconds": 3},
+            lambda s: conn(s).connect_timeout_seconds,
+            3.0,
+            id="timeout-int-becomes-float",
+        ),
+        pytest.param(
+            {"connections.acme": {**CONNECTION, "prefix": "/acme/"}},
+            lambda s: [(c.name, c.prefix) for c in s.connections],
+            [("nmbrs", "/"), ("acme", "/acme/")],
+            id="two-connections",
+        ),
+    ],
+)
+def test_valid_values(
+    tmp_path: Path, edits: dict[str, object], read: Any, expected: object
+) -> None:
+    assert read(parse(config(edits), base_dir=tmp_path, environ={})) == expected
+
+
+# --- env: and file: references -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("files", "value", "expected"),
+    [
+        pytest.param({}, "env:CLIENT_ID", "id-from-env", id="env"),
+        pytest.param({"id.txt": b"id-from-file\n"}, "file:id.txt", "id-from-file", id="file"),
+        pytest.param({"id.txt": b"crlf\r\n"}, "file:id.txt", "crlf", id="file-crlf"),
+        pytest.param({"id.txt": b"two\n\n"}, "file:id.txt", "two\n", id="file-one-newline-only"),
+        pytest.param({"id.txt": b"no-newline"}, "file:id.txt", "no-newline", id="file-as-is"),
+        pytest.param({"sub/id.txt": b"nested"}, "file:sub/id.txt", "nested", id="file-relative"),
+        pytest.param({"id.txt": b"absolute"}, "file:{base}/id.txt", "absolute", id="file-absolute"),
+    ],
+)
+def test_references_resolve(
+    tmp_path: Path, files: dict[str, bytes], value: str, expected: str
+) -> None:
+    for name, content in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(content)
+    data = config({f"{C}.client_id": value.replace("{base}", str(tmp_path))})
+
+    settings = parse(data, base_dir=tmp_path, environ={"CLIENT_ID": "id-from-env"})
+
+    assert conn(settings).client_id == expected
+
+
+def test_references_resolve_everywhere(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text("subscription-from-file\n", encoding="utf-8")
+    data = config(
+        {
+            "server.host": "env:HOST",
+            "store.path": "env:STORE",
+            f"{C}.subscription_key": "file:key",
+            f"{C}.scopes": ["offline_access", "env:SCOPE"],
+        }
+    )
+    environ = {"HOST": "::1", "STORE": "tokens.json", "SCOPE": "company.info.read"}
+
+    settings = parse(data, base_dir=tmp_path, environ=environ)
+
+    assert settings.server.host == "::1"
+    assert settings.store.path == tmp_path / "tokens.json"
+    assert conn(settings).subscription_key == Secret("subscription-from-file")
+    assert conn(settings).scopes == ("offline_access", "company.info.read")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("env:MISSING", "environment variable MISSING is not set", id="env-unset"),
+        pytest.param("env:EMPTY", "environment variable EMPTY is empty", id="env-empty"),
+        pytest.param("env:", "an env: reference needs a variable name", id="env-no-name"),
+        pytest.param(
+            "file:nope.txt",
+            "cannot read file {base}/nope.txt (No such file or directory)",
+            id="file-missing",
+        ),
+        pytest.param("file:.", "cannot read file {base} (Is a directory)", id="file-directory"),
+        pytest.param(
+            "file:latin1", "cannot read file {base}/latin1 (not UTF-8 text)", id="file-bytes"
+        ),
+        pytest.param("file:", "a file: reference needs a path", id="file-no-path"),
+        pytest.param("file:blank", "must not be empty", id="file-only-newline"),
+    ],
+)
+def test_reference_problems(tmp_path: Path, value: str, expected: str) -> None:
+    (tmp_path / "latin1").write_bytes(b"caf\xe9")
+    (tmp_path / "blank").write_bytes(b"\n")
+    data = config({f"{C}.client_secret": value})
+
+    found = problems(data, tmp_path, {"EMPTY": ""})
+
+    assert found == (f"{C}.client_secret: " + expected.replace("{base}", str(tmp_path)),)
+
+
+# --- every rule, with its exact message ----------------------------------------------------------
+
+_NAME_RULE = "the name must be 1 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+_ONLY_CALLBACK = "path must not be under /_proxy/ (the proxy's own pages), except /_proxy/callback"
+
+RULES = [
+    # top level
+    ({"sever": {}}, ["sever: unknown key (did you mean 'server'?)"], "top-unknown-suggested"),
+    ({"zzz": 1}, ["zzz: unknown key"], "top-unknown"),
+    ({"my key": 1}, ['"my key": unknown key'], "top-unknown-quoted"),
+    # server
+    ({"server": "x"}, ["server: expected a table, got a string"], "server-not-table"),
+    ({"server.hots": "h"}, ["server.hots: unknown key (did you mean 'host'?)"], "server-unknown"),
+    ({"server.host": ""}, ["server.host: must not be empty"], "host-empty"),
+    ({"server.host": 1}, ["server.host: expected a string, got an integer"], "host-int"),
+    ({"server.port": "8080"}, ["server.port: expected an integer, got a string"], "port-str"),
+    ({"server.port": True}, ["server.port: expected an integer, got a boolean"], "port-bool"),
+    ({"server.port": 8080.0}, ["server.port: expected an integer, got a float"], "port-float"),
+    ({"server.port": -1}, ["server.port: must be between 0 and 65535"], "port-negative"),
+    ({"server.port": 65536}, ["server.port: must be between 0 and 65535"], "port-too-big"),
+    # store
+    (
+        {"store.backend": "redis"},
+        ["store.backend: must be one of: 'file'"],
+        "backend-unknown",
+    ),
+    ({"store.path": 5}, ["store.path: expected a string, got an integer"], "store-path-int"),
+    ({"store.path": ""}, ["store.path: must not be empty"], "store-path-empty"),
+    ({"store.pth": "x"}, ["store.pth: unknown key (did you mean 'path'?)"], "store-unknown"),
+    # session
+    (
+        {"session.secret": "short"},
+        ["session.secret: must be at least 16 characters"],
+        "secret-short",
+    ),
+    ({"session.secret": 1}, ["session.secret: expected a string, got an integer"], "secret-int"),
+    ({"session.key": "k"}, ["session.key: unknown key"], "session-unknown"),
+    # connections
+    ({"connections": DELETE}, ["connections: at least one connection is required"], "none"),
+    ({"connections": {}}, ["connections: at least one connection is required"], "empty"),
+    ({"connections": "x"}, ["connections: expected a table, got a string"], "not-table"),
+    ({"connections.nmbrs": 1}, [f"{C}: expected a table, got an integer"], "entry-not-table"),
+    (
+        {"connections": {"has space": CONNECTION}},
+        [f'connections."has space": {_NAME_RULE}'],
+        "name",
+    ),
+    (
+        {"connections": {"a" * 65: CONNECTION}},
+        [f"connections.{'a' * 65}: {_NAME_RULE}"],
+        "name-long",
+    ),
+    ({f"{C}.provider": DELETE}, [f"{C}.provider: required"], "provider-missing"),
+    (
+        {f"{C}.provider": "nomba"},
+        [f"{C}.provider: must be one of: 'nmbrs'"],
+        "provider-unknown",
+    ),
+    (
+        {f"{C}.client_secrt": "x"},
+        [f"{C}.client_secrt: unknown key (did you mean 'client_secret'?)"],
+        "connection-unknown",
+    ),
+    ({f"{C}.client_id": ""}, [f"{C}.client_id: must not be empty"], "client-id-empty"),
+    ({f"{C}.client_id": 5}, [f"{C}.client_id: expected a string, got an integer"], "client-id-int"),
+    (
+        {f"{C}.client_secret": ["x"]},
+        [f"{C}.client_secret: expected a string, got an array"],
+        "client-secret-array",
+    ),
+    (
+        {f"{C}.subscription_key": {"a": 1}},
+        [f"{C}.subscription_key: expected a string, got a table"],
+        "subscription-key-table",
+    ),
+    (
+        {f"{C}.client_id": date(2024, 1, 1)},
+        [f"{C}.client_id: expected a string, got a date or time"],
+        "client-id-date",
+    ),
+    # prefix
+    ({f"{C}.prefix": "api"}, [f"{C}.prefix: must start with '/'"], "prefix-relative"),
+    ({f"{C}.prefix": "/a/../b"}, [f"{C}.prefix: must not contain '..'"], "prefix-dotdot"),
+    ({f"{C}.prefix": "/a//b"}, [f"{C}.prefix: must not contain '//'"], "prefix-double-slash"),
+    ({f"{C}.prefix": "/a?b"}, [f"{C}.prefix: must not contain '?'"], "prefix-query"),
+    ({f"{C}.prefix": "/a#b"}, [f"{C}.prefix: must not contain '#'"], "prefix-fragment"),
+    ({f"{C}.prefix": "/a%2F"}, [f"{C}.prefix: must not contain '%'"], "prefix-percent"),
+    ({f"{C}.prefix": "/a b"}, [f"{C}.prefix: must not contain whitespace"], "prefix-space"),
+    (
+        {f"{C}.prefix": "/a?#\t"},
+        [f"{C}.prefix: must not contain '?', '#', whitespace"],
+        "prefix-many",
+    ),
+    (
+        {"connections.acme": {**CONNECTION, "prefix": "/"}},
+        ["connections.acme.prefix: '/' is already served by connection 'nmbrs'"],
+        "prefix-duplicate",
+    ),
+    (
+        {f"{C}.prefix": "/acme/", "connections.acme": {**CONNECTION, "prefix": "/acme"}},
+        ["connections.acme.prefix: '/acme/' is already served by connection 'nmbrs'"],
+        "prefix-duplicate-after-normalising",
+    ),
+    (
+        {f"{C}.prefix": "bad", "connections.acme": CONNECTION},
+        [f"{C}.prefix: must start with '/'"],
+        "bad-prefix-is-not-a-duplicate",
+    ),
+    # upstream and issuer
+    (
+        {f"{C}.upstream": "ftp://x.test"},
+        [f"{C}.upstream: must be an absolute http or https URL"],
+        "upstream-scheme",
+    ),
+    (
+        {f"{C}.upstream": "api.nmbrsapp.com"},
+        [f"{C}.upstream: must be an absolute http or https URL"],
+        "upstream-relative",
+    ),
+    ({f"{C}.upstream": "https://"}, [f"{C}.upstream: must include a host"], "upstream-no-host"),
+    (
+        {f"{C}.upstream": "https://x.test/?a=1"},
+        [f"{C}.upstream: must not include a query"],
+        "upstream-query",
+    ),
+    (
+        {f"{C}.upstream": "https://x.test/#top"},
+        [f"{C}.upstream: must not include a fragment"],
+        "upstream-fragment",
+    ),
+    (
+        {f"{C}.upstream": "https://user:pw@x.test"},
+        [f"{C}.upstream: must not include user info"],
+        "upstream-userinfo",
+    ),
+    (
+        {f"{C}.upstream": "https://x.test:99999"},
+        [f"{C}.upstream: is not a valid URL"],
+        "upstream-bad-port",
+    ),
+    ({f"{C}.upstream": "http://[::1"}, [f"{C}.upstream: is not a valid URL"], "upstream-bad-ipv6"),
+    (
+        {f"{C}.upstream": "https://x .test"},
+        [f"{C}.upstream: must not contain whitespace"],
+        "upstream-space",
+    ),
+    (
+        {f"{C}.issuer": "https://id.test?x"},
+        [f"{C}.issuer: must not include a query"],
+        "issuer-query",
+    ),
+    (
+        {f"{C}.issuer": "//id.test"},
+        [f"{C}.issuer: must be an absolute http or https URL"],
+        "issuer-rel",
+    ),
+    # redirect_uri
+    (
+        {f"{C}.redirect_uri": "http://localhost:8080"},
+        [f"{C}.redirect_uri: must include a path (e.g. /_proxy/callback)"],
+        "redirect-no-path",
+    ),
+    (
+        {f"{C}.redirect_uri": "/_proxy/callback"},
+        [f"{C}.redirect_uri: must be an absolute http or https URL"],
+        "redirect-relative",
+    ),
+    (
+        {f"{C}.redirect_uri": "http://localhost/_proxy/other"},
+        [f"{C}.redirect_uri: {_ONLY_CALLBACK}"],
+        "redirect-reserved-path",
+    ),
+    (
+        {f"{C}.redirect_uri": "http://localhost/_proxy/callback/"},
+        [f"{C}.redirect_uri: {_ONLY_CALLBACK}"],
+        "redirect-callback-slash",
+    ),
+    (
+        {f"{C}.redirect_uri": "http://localhost/cb#x"},
+        [f"{C}.redirect_uri: must not include a fragment"],
+        "redirect-fragment",
+    ),
+    # scopes
+    (
+        {f"{C}.scopes": "offline_access"},
+        [f"{C}.scopes: expected an array of strings, got a string"],
+        "scopes-string",
+    ),
+    ({f"{C}.scopes": []}, [f"{C}.scopes: must not be empty"], "scopes-empty"),
+    ({f"{C}.scopes": ["a", ""]}, [f"{C}.scopes[1]: must not be empty"], "scope-empty"),
+    ({f"{C}.scopes": ["a b"]}, [f"{C}.scopes[0]: must not contain whitespace"], "scope-space"),
+    (
+        {f"{C}.scopes": [1, "x", True]},
+        [
+            f"{C}.scopes[0]: expected a string, got an integer",
+            f"{C}.scopes[2]: expected a string, got a boolean",
+        ],
+        "scopes-types",
+    ),
+    (
+        {f"{C}.scopes": ["env:NOPE"]},
+        [f"{C}.scopes[0]: environment variable NOPE is not set"],
+        "scope-reference",
+    ),
+    # numbers
+    (
+        {f"{C}.refresh_margin_seconds": -1},
+        [f"{C}.refresh_margin_seconds: must be at least 0"],
+        "margin-negative",
+    ),
+    (
+        {f"{C}.refresh_margin_seconds": True},
+        [f"{C}.refresh_margin_seconds: expected a number, got a boolean"],
+        "margin-bool",
+    ),
+    (
+        {f"{C}.refresh_margin_seconds": "300"},
+        [f"{C}.refresh_margin_seconds: expected a number, got a string"],
+        "margin-string",
+    ),
+    (
+        {f"{C}.refresh_margin_seconds": float("nan")},
+        [f"{C}.refresh_margin_seconds: must be a finite number"],
+        "margin-nan",
+    ),
+    (
+        {f"{C}.connect_timeout_seconds": 0},
+        [f"{C}.connect_timeout_seconds: must be greater than 0"],
+        "connect-timeout-zero",
+    ),
+    (
+        {f"{C}.read_timeout_seconds": -5},
+        [f"{C}.read_timeout_seconds: must be greater than 0"],
+        "read-timeout-negative",
+    ),
+    (
+        {f"{C}.read_timeout_seconds": float("inf")},
+        [f"{C}.read_timeout_seconds: must be a finite number"],
+        "read-timeout-inf",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("edits", "expected"), [pytest.param(edits, expected, id=id_) for edits, expected, id_ in RULES]
+)
+def test_rules(tmp_path: Path, edits: dict[str, object], expected: list[str]) -> None:
+    assert problems(config(edits), tmp_path) == tuple(expected)
+
+
+@pytest.mark.parametrize(
+    "key", ["client_id", "client_secret", "redirect_uri", "scopes", "subscription_key"]
+)
+def test_nmbrs_required_keys(tmp_path: Path, key: str) -> None:
+    assert problems(config({f"{C}.{key}": DELETE}), tmp_path) == (f"{C}.{key}: required",)
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    data = {
+        "server": {"port": 70000, "hots": "x"},
+        "store": {"backend": "redis"},
+        "session": {"secret": "short"},
+        "connections": {
+            "nmbrs": {**CONNECTION, "prefix": "api", "client_secret": "env:NOPE", "scopes": []},
+            "acme": {"provider": "nmbrs", "redirect_uri": "http://x.test"},
+            "third": CONNECTION,
+            "bad name": 3,
+        },
+        "extra": True,
+    }
+
+    found = problems(data, tmp_path)
+
+    assert sorted(found) == sorted(
+        [
+            "server.port: must be between 0 and 65535",
+            "server.hots: unknown key (did you mean 'host'?)",
+            "store.backend: must be one of: 'file'",
+            "session.secret: must be at least 16 characters",
+            f"{C}.client_secret: environment variable NOPE is not set",
+            f"{C}.scopes: must not be empty",
+            f"{C}.prefix: must start with '/'",
+            "connections.acme.client_id: required",
+            "connections.acme.client_secret: required",
+            "connections.acme.redirect_uri: must include a path (e.g. /_proxy/callback)",
+            "connections.acme.scopes: required",
+            "connections.acme.subscription_key: required",
+            "connections.third.prefix: '/' is already served by connection 'acme'",
+            'connections."bad name": expected a table, got an integer',
+            "extra: unknown key",
+        ]
+    )
+
+
+# --- secrets --------------------------------------------------------------------------------------
+
+SECRETS = {
+    "CLIENT_SECRET": "client-secret-SENTINEL-1",
+    "SUBSCRIPTION_KEY": "subscription-SENTINEL-2",
+    "SESSION_SECRET": "session-SENTINEL-3-long-enough",
+}
+SECRET_REFS = {
+    f"{C}.client_secret": "env:CLIENT_SECRET",
+    f"{C}.subscription_key": "file:subscription.key",
+    "session.secret": "env:SESSION_SECRET",
+}
+
+
+def test_secrets_stay_out_of_reprs(tmp_path: Path) -> None:
+    (tmp_path / "subscription.key").write_text(SECRETS["SUBSCRIPTION_KEY"] + "\n", encoding="utf-8")
+
+    settings = parse(config(SECRET_REFS), base_dir=tmp_path, environ=SECRETS)
+
+    shown = repr(settings) + str(settings)
+    assert "PartnerApp_demo_*$1" in shown  # the client id is not a secret
+    for value in SECRETS.values():
+        assert value not in shown
+    assert conn(settings).client_secret.reveal() == SECRETS["CLIENT_SECRET"]
+    assert conn(settings).subscription_key.reveal() == SECRETS["SUBSCRIPTION_KEY"]
+    assert settings.session.secret == Secret(SECRETS["SESSION_SECRET"])
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        pytest.param({f"{C}.prefix": "bad", "server.port": -1}, id="other-keys-invalid"),
+        pytest.param({"session.secret": "env:SHORT"}, id="session-secret-too-short"),
+        pytest.param({f"{C}.scopes": ["env:CLIENT_SECRET", "a b"]}, id="secret-in-a-list"),
+        pytest.param({f"{C}.provider": "env:CLIENT_SECRET"}, id="secret-where-a-choice-goes"),
+    ],
+)
+def test_secrets_stay_out_of_problems(tmp_path: Path, edits: dict[str, object]) -> None:
+    (tmp_path / "subscription.key").write_text(SECRETS["SUBSCRIPTION_KEY"], encoding="utf-8")
+    environ = {**SECRETS, "SHORT": "SENTINEL-4"}
+
+    with pytest.raises(ConfigError) as caught:
+        parse(config({**SECRET_REFS, **edits}), base_dir=tmp_path, environ=environ)
+
+    shown = str(caught.value) + repr(caught.value)
+    assert "SENTINEL" not in shown.replace("'", "")  # not even in a quoted, echoed value
+
+
+# --- loading the file and finding it --------------------------------------------------------------
+
+
+def test_load_resolves_paths_against_the_files_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    (folder / "secret.txt").write_text("from-file\n", encoding="utf-8")
+    (folder / "proxy.toml").write_text(
+        """
+        [store]
+        path = "tokens.json"
+        [connections.nmbrs]
+        provider = "nmbrs"
+        client_id = "id"
+        client_secret = "file:secret.txt"
+        subscription_key = "env:KEY"
+        redirect_uri = "http://localhost:8080/_proxy/callback"
+        scopes = ["offline_access"]
+        """,
+        encoding="utf-8",
+    )
+
+    settings = load(folder / "proxy.toml", {"KEY": "k"})
+
+    assert settings.store.path == folder / "tokens.json"
+    assert conn(settings).client_secret == Secret("from-file")
+
+
+def test_load_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.toml"
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    assert caught.value.problems == (
+        f"{path}: cannot read the configuration file (No such file or directory)",
+    )
+
+
+def test_load_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path, {})
+    assert caught.value.problems == (
+        f"{tmp_path}: cannot read the configuration file (Is a directory)",
+    )
+
+
+def test_load_bad_toml_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nhost = "x"\nport = \n', encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}: invalid TOML: ")
+    assert "line 3" in problem
+
+
+def test_load_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[server]\nhost = "caf\xe9"\n')
+    with pytest.raises(ConfigError) as caught:
+        load(path, {})
+    assert caught.value.problems == (f"{path}: the configuration file is not UTF-8 text",)
+
+
+def test_config_error_lists_every_problem() -> None:
+    err = ConfigError(["a.b: required", "c: unknown key"])
+    assert isinstance(err, ValueError)
+    assert err.problems == ("a.b: required", "c: unknown key")
+    assert str(err) == "invalid configuration:\n  - a.b: required\n  - c: unknown key"
+
+
+@pytest.mark.parametrize(
+    ("cli", "environ", "expected"),
+    [
+        pytest.param(None, {}, "config.toml", id="default"),
+        pytest.param(None, {"NMBRS_PROXY_CONFIG": "/etc/p.toml"}, "/etc/p.toml", id="env"),
+        pytest.param("cli.toml", {"NMBRS_PROXY_CONFIG": "/etc/p.toml"}, "cli.toml", id="cli-wins"),
+        pytest.param(None, {"NMBRS_PROXY_CONFIG": ""}, "config.toml", id="empty-env-ignored"),
+        pytest.param("", {"NMBRS_PROXY_CONFIG": "e.toml"}, "e.toml", id="empty-cli-ignored"),
+    ],
+)
+def test_config_path(cli: str | None, environ: dict[str, str], expected: str) -> None:
+    assert config_path(cli, environ) == Path(expected)
