@@ -23,6 +23,7 @@ from ._settings import SandboxClient, SandboxSettings
 from ._stats import SandboxStats
 
 DEFAULT_SUB = "sandbox-user"
+PLACEHOLDER_ISSUER = "http://nmbrs-sandbox.invalid"
 
 
 def _seconds(lifetime: float) -> int | float:
@@ -127,7 +128,9 @@ class Sandbox:
         """Mint a grant without the browser flow; returns a token response body.
 
         A refresh token is included when `offline_access` is among the scopes. The issuer is,
-        in order: the argument, settings.issuer, base_url, the last one a request used.
+        in order: the argument, settings.issuer, base_url (set by start_sandbox), the last one
+        a request used, and else a placeholder. The fake API accepts a token under any issuer
+        this sandbox has minted with (in reality identity service and API are two hosts).
         """
         client = self._clients[client_id]
         if isinstance(scopes, str):
@@ -135,9 +138,13 @@ class Sandbox:
         refused = [scope for scope in scopes if scope not in client.allowed_scopes]
         if refused:
             raise ValueError(f"scopes not allowed for {client_id!r}: {refused}")
-        issuer = issuer or self.settings.issuer or self.base_url or self._last_issuer
-        if issuer is None:
-            raise RuntimeError("no issuer known yet: pass issuer= or use start_sandbox()")
+        issuer = (
+            issuer
+            or self.settings.issuer
+            or self.base_url
+            or self._last_issuer
+            or PLACEHOLDER_ISSUER
+        )
         now = self.clock()
         scopes = tuple(dict.fromkeys(scopes))
         grant = self.grants.new_grant(client_id=client_id, scopes=scopes, sub=sub, auth_time=now)
