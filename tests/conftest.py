@@ -200,3 +200,55 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
     yield factory
     for client in clients:
         await client.close()
+
+
+# --- the sandbox as the identity service ------------------------------------------------------
+
+CLIENT_ID = "PartnerApp_tests_*$1"
+CLIENT_SECRET = "s3cr:et%+tests"  # the characters RFC 6749 §2.3.1 encoding exists for
+SCOPES = ("offline_access", "company.info.read", "employee.info.read", "employee.info")
+
+
+@dataclass
+class RunningSandbox:
+    sandbox: Any  # proxy.sandbox.Sandbox
+    url: str
+
+    def tokens(self, *, now: float | None = None) -> TokenSet:
+        """A token set as if a person had just consented (the sandbox minted a grant)."""
+        from proxy.oauth.protocol import parse_token_response  # noqa: PLC0415
+
+        answer = self.sandbox.issue_tokens_for_test(CLIENT_ID, SCOPES)
+        return parse_token_response(answer, requested_at=time.time() if now is None else now,
+                                    previous=None)
+
+    def connection(self, name: str = "nmbrs", **overrides: Any) -> ConnectionSettings:
+        options: dict[str, Any] = {"upstream": self.url, "issuer": self.url,
+                                   "subscription_key": Secret(DEMO_KEY), **overrides}
+        return connection_settings(name, **options)
+
+
+DEMO_KEY = "sandbox-subscription-key"
+
+
+async def start_running_sandbox(**settings: Any) -> tuple[RunningSandbox, TestServer]:
+    from proxy.sandbox import Sandbox, SandboxClient, SandboxSettings  # noqa: PLC0415
+
+    client = SandboxClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
+                           redirect_uris=("http://127.0.0.1:8080/_proxy/callback",),
+                           allowed_scopes=frozenset(SCOPES))
+    sandbox = Sandbox(SandboxSettings(clients=(client,), subscription_keys=frozenset({DEMO_KEY}),
+                                      **settings))
+    server = TestServer(sandbox.app(), host="127.0.0.1")
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    sandbox.base_url = url
+    return RunningSandbox(sandbox, url), server
+
+
+@pytest.fixture
+async def nmbrs() -> AsyncIterator[RunningSandbox]:
+    """The sandbox with hour-long access tokens."""
+    running, server = await start_running_sandbox()
+    yield running
+    await server.close()

@@ -1,0 +1,174 @@
+"""The command line: serve | demo | login | status | check-config | sandbox.
+
+Exit codes: 0 success, 1 the command failed, 2 the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+from aiohttp import web
+
+from proxy.config import ConfigError, Settings, config_path, load
+from proxy.tokens.model import token_state
+from proxy.tokens.store import FileStore, StoreError
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    command: Callable[[argparse.Namespace], int] = args.run
+    return command(args)
+
+
+def _with_settings(
+    command: Callable[[argparse.Namespace, Settings], int],
+) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        settings = _load_settings(args.config, sys.stderr)
+        return EXIT_CONFIG if settings is None else command(args, settings)
+
+    return run
+
+
+def _check_config(_args: argparse.Namespace, settings: Settings) -> int:
+    names = ", ".join(c.name for c in settings.connections)
+    print(f"configuration OK: {len(settings.connections)} connection(s): {names}")
+    return 0
+
+
+def _login(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.login_cli import run_login  # noqa: PLC0415 - a rarely used path
+
+    code: int = asyncio.run(run_login(settings, args.connection, stdin=sys.stdin,
+                                      stdout=sys.stdout, listen=not args.no_listen))
+    return code
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo  # noqa: PLC0415 - only the demo needs the sandbox
+
+    try:
+        code: int = asyncio.run(run_demo(port=args.port, sandbox_port=args.sandbox_port,
+                                         smoke=args.smoke, stdout=sys.stdout))
+    except KeyboardInterrupt:
+        return 0
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nmbrs-proxy", description=__doc__)
+    parser.add_argument("--log-level", default=os.environ.get("NMBRS_PROXY_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("--config", help="config file (default: $NMBRS_PROXY_CONFIG or "
+                                          "./config.toml)")
+        return sub
+
+    serve = with_config("serve", "run the proxy")
+    serve.set_defaults(run=_with_settings(_serve))
+    serve.add_argument("--host", help="override [server] host")
+    serve.add_argument("--port", type=int, help="override [server] port")
+    check = with_config("check-config", "validate the configuration and exit")
+    check.set_defaults(run=_with_settings(_check_config))
+    status = with_config("status", "show each connection's token state (no secrets)")
+    status.set_defaults(run=_with_settings(lambda _a, s: asyncio.run(_status(s, sys.stdout))))
+    login = with_config("login", "link a connection from a terminal")
+    login.set_defaults(run=_with_settings(_login))
+    login.add_argument("--connection", required=True)
+    login.add_argument("--no-listen", action="store_true",
+                       help="do not listen on the redirect URI; only accept a pasted URL")
+
+    demo = commands.add_parser("demo", help="run the sandbox and the proxy against it, linked")
+    demo.set_defaults(run=_demo)
+    demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--sandbox-port", type=int, default=8081)
+    demo.add_argument("--smoke", action="store_true",
+                      help="make the printed requests once, check them and exit")
+
+    sandbox = commands.add_parser("sandbox", help="run the embedded fake Nmbrs alone")
+    sandbox.set_defaults(run=_sandbox)
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8081)
+    sandbox.add_argument("--token-lifetime", type=float, default=3600.0,
+                         help="access token lifetime in seconds")
+    sandbox.add_argument("--rate-limit", type=int, default=None,
+                         help="API requests per second per subscription key before 429")
+    return parser
+
+
+def _load_settings(cli_path: str | None, err: TextIO) -> Settings | None:
+    path = config_path(cli_path, os.environ)
+    try:
+        return load(path, os.environ)
+    except ConfigError as error:
+        print(f"nmbrs-proxy: {path}: {error}", file=err)
+        return None
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.app import create_app  # noqa: PLC0415 - keeps check-config and status light
+
+    web.run_app(
+        create_app(settings),
+        host=args.host or settings.server.host,
+        port=settings.server.port if args.port is None else args.port,
+        handler_cancellation=True,
+        access_log=None,
+        print=lambda message: logging.getLogger("proxy").info("%s", message.strip()),
+    )
+    return 0
+
+
+async def _status(settings: Settings, out: TextIO) -> int:
+    store = FileStore(settings.store.path)
+    now = time.time()
+    for connection in settings.connections:
+        try:
+            tokens = await store.load(connection.name)
+        except StoreError as error:
+            print(f"{connection.name}: store error: {error}", file=out)
+            return EXIT_FAILED
+        if tokens is None:
+            print(f"{connection.name}: not linked (run `nmbrs-proxy login --connection "
+                  f"{connection.name}` or visit /_proxy/)", file=out)
+            continue
+        state = token_state(tokens, now, connection.refresh_margin_seconds)
+        expiry = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(tokens.expires_at))
+        refresh_age = (
+            "none" if tokens.refresh_issued_at is None
+            else f"{(now - tokens.refresh_issued_at) / 86400:.1f} days old"
+        )
+        print(f"{connection.name}: linked, access token {state.value}, expires {expiry}, "
+              f"refresh token {refresh_age}, scopes {' '.join(tokens.scopes) or '-'}", file=out)
+    return 0
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from proxy.sandbox import SandboxSettings, main_sandbox  # noqa: PLC0415 - dev tool only
+
+    settings = SandboxSettings(access_token_lifetime=args.token_lifetime,
+                               rate_limit=args.rate_limit)
+    main_sandbox(args.host, args.port, settings)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
