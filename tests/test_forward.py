@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from tests.conftest import (
     GZIPPED,
@@ -87,7 +88,7 @@ async def test_the_request_target_reaches_the_upstream_byte_for_byte(
     proxy = await make_proxy(connection_settings(upstream=upstream.url),
                              tokens={"nmbrs": token_set()})
     async with aiohttp.ClientSession() as session:
-        url = aiohttp.client.URL(f"http://127.0.0.1:{proxy.port}{target}", encoded=True)
+        url = URL(f"http://127.0.0.1:{proxy.port}{target}", encoded=True)
         async with session.get(url) as response:
             assert response.status == 200
     assert upstream.seen[-1].raw_path == target
@@ -153,11 +154,13 @@ async def test_content_encoding_passes_through_untouched(
 ) -> None:
     proxy = await make_proxy(connection_settings(upstream=upstream.url),
                              tokens={"nmbrs": token_set()})
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
-        async with session.get(f"http://127.0.0.1:{proxy.port}/gzip",
-                               headers={"Accept-Encoding": "gzip"}) as response:
-            assert response.headers["Content-Encoding"] == "gzip"
-            assert await response.read() == GZIPPED
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(f"http://127.0.0.1:{proxy.port}/gzip",
+                    headers={"Accept-Encoding": "gzip"}) as response,
+    ):
+        assert response.headers["Content-Encoding"] == "gzip"
+        assert await response.read() == GZIPPED
     assert upstream.seen == [] or upstream.seen[-1].headers.get("accept-encoding") == ["gzip"]
 
 

@@ -85,7 +85,10 @@ async def test_five_hundred_concurrent_requests_at_expiry_share_one_token_call(
                 return response.status
 
         requests = [asyncio.create_task(one()) for _ in range(500)]
-        server = proxy.server.runner.server  # type: ignore[union-attr]
+        runner = proxy.server.runner
+        assert runner is not None
+        assert runner.server is not None
+        server = runner.server
         await _until(lambda: len(server.connections) >= 500)  # all 500 are in, all waiting
         await asyncio.sleep(0.1)
         assert _refreshes(nmbrs) == 1
