@@ -1,11 +1,527 @@
-"""Consent routes: /_proxy/, /_proxy/login and the callback (being written; see helper brief)."""
+"""Consent routes: the status page, /_proxy/login and the callback at each redirect URI's path.
+
+A login keeps its `state`, PKCE verifier, connection and start time in an encrypted session
+cookie (aiohttp-session's EncryptedCookieStorage). The session is handled by these handlers
+alone, never by an app-wide middleware: forwarded requests do not pay for it.
+
+Every login starts a fresh session (a new cookie value; only other pending logins are carried
+over, capped), and a callback removes the state it used, whatever the outcome, so a state is
+good for one exchange only.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
 from aiohttp import web
+from aiohttp_session import Session
+from aiohttp_session.cookie_storage import EncryptedCookieStorage
+from cryptography.fernet import Fernet
+from yarl import URL
 
+from proxy import pages
 from proxy.config import Settings
+from proxy.connection import Connection
+from proxy.oauth.protocol import (
+    GrantError,
+    authorize_url,
+    new_pkce_verifier,
+    new_state,
+    pkce_challenge,
+)
+from proxy.secret import Secret
+from proxy.state import PROXY_STATE
+from proxy.tokens.model import TokenSet
+from proxy.tokens.store import StoreError, write_atomically
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+SESSION_COOKIE: Final = "nmbrs_proxy_session"
+# How long a started login may take, from the redirect to the callback.
+LOGIN_MAX_AGE_SECONDS: Final = 600
+# Logins started in other tabs that stay valid; the oldest beyond this are forgotten.
+MAX_PENDING_LOGINS: Final = 5
+SESSION_KEY_FILE: Final = "session.key"
+_PENDING: Final = "pending"
+# The IdP's `error` / `error_description` are shown, cut to this length.
+_SHOWN_MAX: Final = 300
+# Identity-service errors that mean "try later", not "this request was wrong".
+_UNAVAILABLE_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error"})
+
+_PAGE_HEADERS: Final = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+}
 
 
-def setup_consent(app: web.Application, settings: Settings) -> None:
-    """Register the consent pages; filled in by the consent-flow change."""
+class SessionKeyError(RuntimeError):
+    """The session key file exists but cannot be used."""
+
+
+# --- the session key ------------------------------------------------------------------------
+
+
+def derive_session_key(secret: Secret) -> bytes:
+    """A Fernet key (urlsafe base64 of 32 bytes) from the configured session secret."""
+    digest = hashlib.sha256(secret.reveal().encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest)
+
+
+def session_key_path(settings: Settings) -> Path:
+    return settings.store.path.parent / SESSION_KEY_FILE
+
+
+def load_or_create_session_key(path: Path) -> bytes:
+    """The key kept at `path`; generated (0600, written atomically) the first time."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        key = Fernet.generate_key()
+        write_atomically(path, key + b"\n", mode=0o600)
+        log.info("generated a new session key in %s", path)
+        return key
+    except OSError as exc:
+        raise SessionKeyError(f"cannot read the session key {path}: {exc.strerror}") from None
+    key = raw.strip()
+    try:
+        Fernet(key)
+    except ValueError:
+        raise SessionKeyError(
+            f"{path} does not hold a session key; delete it to have a new one generated"
+        ) from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log.warning("the session key %s is readable by others (mode %o); chmod 600", path, mode)
+    return key
+
+
+def session_key(settings: Settings) -> bytes:
+    if settings.session.secret is not None:
+        return derive_session_key(settings.session.secret)
+    return load_or_create_session_key(session_key_path(settings))
+
+
+# --- pending logins in the session ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PendingLogin:
+    connection: str
+    verifier: str = field(repr=False)
+    created: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"connection": self.connection, "verifier": self.verifier, "created": self.created}
+
+    @classmethod
+    def from_json(cls, data: object) -> PendingLogin | None:
+        if not isinstance(data, Mapping):
+            return None
+        connection, verifier, created = (
+            data.get("connection"),
+            data.get("verifier"),
+            data.get("created"),
+        )
+        if not isinstance(connection, str) or not isinstance(verifier, str):
+            return None
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            return None
+        return cls(connection=connection, verifier=verifier, created=float(created))
+
+
+def pending_logins(session: Session) -> dict[str, PendingLogin]:
+    """The well-formed pending logins in `session`, by state (expired ones included)."""
+    raw = session.get(_PENDING)
+    if not isinstance(raw, Mapping):
+        return {}
+    found: dict[str, PendingLogin] = {}
+    for state, data in raw.items():
+        login = PendingLogin.from_json(data)
+        if isinstance(state, str) and login is not None:
+            found[state] = login
+    return found
+
+
+def _unexpired(pending: Mapping[str, PendingLogin], now: float) -> dict[str, PendingLogin]:
+    return {s: p for s, p in pending.items() if now - p.created < LOGIN_MAX_AGE_SECONDS}
+
+
+def _capped(pending: Mapping[str, PendingLogin]) -> dict[str, PendingLogin]:
+    newest = sorted(pending.items(), key=lambda item: item[1].created)[-MAX_PENDING_LOGINS:]
+    return dict(newest)
+
+
+def _store_pending(session: Session, pending: Mapping[str, PendingLogin]) -> None:
+    if pending:
+        session[_PENDING] = {state: login.to_json() for state, login in pending.items()}
+    else:
+        session.invalidate()  # nothing left: the cookie is deleted
+
+
+def match_state(pending: Mapping[str, PendingLogin], state: str) -> str | None:
+    """The pending state equal to `state`, compared in constant time against every one."""
+    found = None
+    for candidate in pending:
+        if hmac.compare_digest(candidate.encode(), state.encode()):
+            found = candidate
+    return found
+
+
+# --- app wiring -----------------------------------------------------------------------------
+
+
+@dataclass
+class Consent:
+    """Per-app consent state: the cookie storages (made at startup) and the clock."""
+
+    settings: Settings
+    clock: Clock
+    # One storage per value of the cookie's Secure flag; both use the same key.
+    storages: dict[bool, EncryptedCookieStorage] = field(default_factory=dict, repr=False)
+
+    async def startup(self, _app: web.Application) -> None:
+        key = await asyncio.to_thread(session_key, self.settings)
+        fernet = Fernet(key)
+        for secure in (False, True):
+            self.storages[secure] = EncryptedCookieStorage(
+                fernet,
+                cookie_name=SESSION_COOKIE,
+                max_age=LOGIN_MAX_AGE_SECONDS,
+                path="/",
+                secure=secure or None,
+                httponly=True,
+                samesite="Lax",
+            )
+
+    def storage_for(self, connection: Connection) -> EncryptedCookieStorage:
+        """Secure cookies when the browser comes back over https."""
+        return self.storages[URL(connection.settings.redirect_uri).scheme == "https"]
+
+    async def load(self, request: web.Request) -> Session:
+        return await self.storages[False].load_session(request)
+
+
+CONSENT = web.AppKey("consent", Consent)
+
+
+def callback_path(redirect_uri: str) -> str:
+    """The path the callback is served at, in the form aiohttp's router matches."""
+    return URL(redirect_uri).path_safe or "/"
+
+
+def setup_consent(app: web.Application, settings: Settings, *, clock: Clock = time.time) -> None:
+    """Register the status page, the login redirect and a callback per redirect-URI path."""
+    consent = Consent(settings=settings, clock=clock)
+    app[CONSENT] = consent
+    app.on_startup.append(consent.startup)
+    app.router.add_get("/_proxy", _to_status_page)
+    app.router.add_get(pages.STATUS_PATH, status)
+    app.router.add_get(pages.LOGIN_PATH, login)
+    for path in sorted({callback_path(c.redirect_uri) for c in settings.connections}):
+        # A plain resource: a path with "{" in it is not mistaken for a route pattern.
+        resource = web.PlainResource(path)
+        app.router.register_resource(resource)
+        resource.add_route("GET", callback)
+
+
+def _page(text: str, status: int = 200) -> web.Response:
+    return web.Response(
+        text=text, status=status, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS
+    )
+
+
+def _problem(
+    status: int, title: str, *lines: str, retry_connection: str | None = None
+) -> web.Response:
+    return _page(pages.problem_page(title, lines, retry_connection=retry_connection), status)
+
+
+def _shown(text: str, *, hide: tuple[str, ...] = ()) -> str:
+    """Text from the identity service or the address bar, cut short, with known values hidden."""
+    for value in hide:
+        if value:
+            text = text.replace(value, "[hidden]")
+    return text if len(text) <= _SHOWN_MAX else text[: _SHOWN_MAX - 1] + "…"
+
+
+def _secret_values(connection: Connection) -> tuple[str, ...]:
+    settings = connection.settings
+    values = [settings.client_secret.reveal()]
+    if settings.subscription_key is not None:
+        values.append(settings.subscription_key.reveal())
+    return tuple(values)
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+async def _to_status_page(_request: web.Request) -> web.Response:
+    return web.Response(status=301, headers={"Location": pages.STATUS_PATH})
+
+
+async def status(request: web.Request) -> web.Response:
+    state = request.app[PROXY_STATE]
+    rows = [
+        pages.ConnectionRow(
+            name=c.name,
+            provider=c.settings.provider,
+            prefix=c.settings.prefix,
+            upstream=c.settings.upstream,
+            client_id=c.settings.client_id,
+            status=c.manager.status(),
+        )
+        for c in state.connections.values()
+    ]
+    return _page(pages.status_page(rows, now=request.app[CONSENT].clock()))
+
+
+async def login(request: web.Request) -> web.Response:
+    consent = request.app[CONSENT]
+    connections = request.app[PROXY_STATE].connections
+    name = request.query.get("connection", "")
+    if not name:
+        return _problem(
+            400,
+            "Which connection?",
+            "The login needs a connection name: /_proxy/login?connection=NAME.",
+            "Pick one on the list of connections.",
+        )
+    connection = connections.get(name)
+    if connection is None:
+        return _problem(
+            404,
+            "No such connection",
+            f"No connection is configured with the name {_shown(name)!r}.",
+            "Configured: " + (", ".join(sorted(connections)) or "none") + ".",
+        )
+    try:
+        endpoints = await connection.grant.discovery.endpoints()
+    except GrantError as exc:
+        return _problem(
+            502,
+            "The identity service cannot be reached",
+            f"Reading the discovery document of {connection.settings.issuer} failed: "
+            f"{exc.error}"
+            + (
+                f" ({_shown(exc.description, hide=_secret_values(connection))})"
+                if exc.description
+                else ""
+            )
+            + ".",
+            "Try again in a moment.",
+            retry_connection=name,
+        )
+
+    now = consent.clock()
+    old = await consent.load(request)
+    pending = _unexpired(pending_logins(old), now)
+    state, verifier = new_state(), new_pkce_verifier()
+    pending[state] = PendingLogin(connection=name, verifier=verifier, created=now)
+    # A fresh session, never the one the browser brought: a new cookie value on every login.
+    session = await consent.storage_for(connection).new_session()
+    _store_pending(session, _capped(pending))
+
+    location = authorize_url(
+        endpoints.authorization,
+        client_id=connection.settings.client_id,
+        redirect_uri=connection.settings.redirect_uri,
+        scopes=connection.settings.scopes,
+        state=state,
+        code_challenge=pkce_challenge(verifier),
+    )
+    response = web.Response(status=302, headers={**_PAGE_HEADERS, "Location": location})
+    await consent.storage_for(connection).save_session(request, response, session)
+    log.info("consent started for connection %s", name)
+    return response
+
+
+class _Refusal(Exception):
+    """A callback that cannot complete; it becomes an HTML page with `status`."""
+
+    def __init__(
+        self, status: int, title: str, *lines: str, retry_connection: str | None = None
+    ) -> None:
+        super().__init__(title)
+        self.status = status
+        self.title = title
+        self.lines = lines
+        self.retry_connection = retry_connection
+
+    def response(self) -> web.Response:
+        return _problem(
+            self.status, self.title, *self.lines, retry_connection=self.retry_connection
+        )
+
+
+async def callback(request: web.Request) -> web.Response:
+    consent = request.app[CONSENT]
+    session = await consent.load(request)
+    pending = pending_logins(session)
+    state = request.query.get("state", "")
+    matched = match_state(pending, state) if state else None
+    started = pending.pop(matched) if matched is not None else None
+    connection = (
+        request.app[PROXY_STATE].connections.get(started.connection)
+        if started is not None
+        else None
+    )
+    try:
+        response = await _complete(request, consent, started, connection)
+    except _Refusal as refusal:
+        response = refusal.response()
+    if started is not None:  # the state is used up, whatever happened
+        _store_pending(session, pending)
+        storage = (
+            consent.storage_for(connection)
+            if connection is not None
+            else consent.storages[request.secure]
+        )
+        await storage.save_session(request, response, session)
+    return response
+
+
+async def _complete(
+    request: web.Request,
+    consent: Consent,
+    started: PendingLogin | None,
+    connection: Connection | None,
+) -> web.Response:
+    retry = started.connection if started is not None and connection is not None else None
+    _check_error_answer(request.query, retry)
+    started, connection = _check_login(request, consent, started, connection)
+    code = request.query.get("code", "")
+    if not code:
+        raise _Refusal(
+            400,
+            "This sign-in cannot be completed",
+            "The identity service came back without an authorization code.",
+            retry_connection=retry,
+        )
+    tokens = await _exchange(connection, code, started.verifier)
+    warning = None
+    try:
+        await connection.manager.adopt(tokens)
+    except StoreError:
+        warning = (
+            "The token could not be saved to the token store (see the proxy's log). It serves "
+            "from memory meanwhile and saving is retried; a restart before that succeeds "
+            "would need a new login."
+        )
+    log.info("connection %s linked", connection.name)
+    return _page(
+        pages.linked_page(
+            connection=connection.name,
+            scopes=tokens.scopes,
+            expires_at=tokens.expires_at,
+            now=consent.clock(),
+            warning=warning,
+        )
+    )
+
+
+def _check_error_answer(query: Mapping[str, str], retry: str | None) -> None:
+    """RFC 6749 §4.1.2.1: the identity service answered with an error instead of a code."""
+    error = query.get("error")
+    if error is None:
+        return
+    lines = [f"The identity service did not grant access: {_shown(error)}."]
+    description = query.get("error_description", "")
+    if description:
+        lines.append(f"It said: {_shown(description)}")
+    if error == "access_denied":
+        lines.append("Consent was declined or cancelled; nothing was changed.")
+    raise _Refusal(400, "Access was not granted", *lines, retry_connection=retry)
+
+
+def _check_login(
+    request: web.Request,
+    consent: Consent,
+    started: PendingLogin | None,
+    connection: Connection | None,
+) -> tuple[PendingLogin, Connection]:
+    """The login this callback answers, still valid and for a configured connection."""
+    if not request.query.get("state"):
+        raise _Refusal(
+            400,
+            "This sign-in cannot be completed",
+            "The identity service came back without a state parameter, so this answer "
+            "cannot be tied to a login started here.",
+            "Start the login again from the list of connections.",
+        )
+    if started is None:
+        raise _Refusal(
+            400,
+            "This sign-in cannot be completed",
+            "The state in this address does not belong to a login started in this browser: "
+            "it was already used, it expired, or the login began at another host name "
+            "(the callback must reach the same host name as /_proxy/login).",
+            "If you started the login from a terminal (nmbrs-proxy login), paste this "
+            "page's address there instead.",
+            "Otherwise, start the login again from the list of connections.",
+        )
+    if connection is None:
+        raise _Refusal(
+            400,
+            "No such connection",
+            f"The connection {started.connection!r} is no longer configured.",
+        )
+    if consent.clock() - started.created >= LOGIN_MAX_AGE_SECONDS:
+        raise _Refusal(
+            400,
+            "This sign-in took too long",
+            f"A login must come back within {LOGIN_MAX_AGE_SECONDS // 60} minutes.",
+            retry_connection=connection.name,
+        )
+    if callback_path(connection.settings.redirect_uri) != request.rel_url.path_safe:
+        raise _Refusal(
+            400,
+            "This sign-in came back to the wrong address",
+            f"The login for {connection.name!r} expects its callback at "
+            f"{connection.settings.redirect_uri}.",
+            retry_connection=connection.name,
+        )
+    return started, connection
+
+
+async def _exchange(connection: Connection, code: str, verifier: str) -> TokenSet:
+    try:
+        return await connection.grant.exchange_code(
+            code, redirect_uri=connection.settings.redirect_uri, code_verifier=verifier
+        )
+    except GrantError as exc:
+        log.warning("code exchange for connection %s failed: %s", connection.name, exc.error)
+        hide = (code, verifier, *_secret_values(connection))
+        lines = [f"Exchanging the authorization code for a token failed: {_shown(exc.error)}."]
+        if exc.description:
+            lines.append(f"The identity service said: {_shown(exc.description, hide=hide)}")
+        if exc.error == "invalid_grant":
+            lines.append(
+                "Authorization codes are single use and expire within minutes: "
+                "start the login again."
+            )
+        elif exc.error == "invalid_client":
+            lines.append("Check the connection's client_id and client_secret.")
+        raise _Refusal(
+            502 if exc.error in _UNAVAILABLE_ERRORS else 400,
+            "The token could not be obtained",
+            *lines,
+            retry_connection=connection.name,
+        ) from None
