@@ -98,6 +98,6 @@ def create_app(
     app.cleanup_ctx.append(proxy_state)
     app.router.add_get("/_proxy/healthz", healthz)
     app.router.add_get("/_proxy/readyz", readyz)
-    setup_consent(app, settings)
+    setup_consent(app, settings, clock=clock)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
