@@ -65,8 +65,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
             log.info("upstream rejected the token of %s; refreshing once", connection.name)
             token = await connection.manager.after_rejection(token)
             upstream = await _send(request, connection, url, body, token)
+    public_base = f"{request.scheme}://{request.host}{prefix.rstrip('/')}"
     try:
-        return await _relay(request, upstream)
+        return await _relay(request, upstream, connection.settings.upstream, public_base)
     finally:
         upstream.release()
 
@@ -106,11 +107,15 @@ async def _send(
         ) from None
 
 
-async def _relay(request: web.Request, upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+async def _relay(
+    request: web.Request, upstream: aiohttp.ClientResponse, upstream_base: str, public_base: str
+) -> web.StreamResponse:
     response = web.StreamResponse(
         status=upstream.status,
         reason=upstream.reason,
-        headers=client_response_headers(upstream.headers),
+        headers=client_response_headers(
+            upstream.headers, upstream_base=upstream_base, public_base=public_base
+        ),
     )
     await response.prepare(request)
     try:

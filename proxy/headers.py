@@ -81,8 +81,26 @@ def upstream_request_headers(
     return out
 
 
-def client_response_headers(upstream: MultiMapping[str]) -> CIMultiDict[str]:
-    """The headers sent back to the client: the upstream's end-to-end ones, plus `Via`."""
+def client_response_headers(
+    upstream: MultiMapping[str], *, upstream_base: str = "", public_base: str = ""
+) -> CIMultiDict[str]:
+    """The headers sent back to the client: the upstream's end-to-end ones, plus `Via`.
+
+    A `Location` under `upstream_base` is rewritten to the same place under `public_base` (as
+    nginx's `proxy_redirect default` does), so a redirect keeps the client on the proxy.
+    """
     out: CIMultiDict[str] = CIMultiDict(_end_to_end(upstream, frozenset()))
     out["Via"] = ", ".join([*out.popall("Via", []), VIA])
+    location = out.get("Location")
+    if location is not None and upstream_base:
+        out["Location"] = rewrite_location(location, upstream_base, public_base)
     return out
+
+
+def rewrite_location(location: str, upstream_base: str, public_base: str) -> str:
+    """`upstream_base/x` → `public_base/x`; anything else (relative, other hosts) unchanged."""
+    base = upstream_base.rstrip("/")
+    if location == base or location.startswith((f"{base}/", f"{base}?")):
+        tail = location[len(base) :]
+        return public_base.rstrip("/") + (tail if tail.startswith("/") else f"/{tail}")
+    return location

@@ -51,6 +51,7 @@ class RecordingUpstream:
         app.router.add_get("/gzip", self.gzipped)
         app.router.add_get("/slow", self.slow)
         app.router.add_get("/hang-body", self.hang_body)
+        app.router.add_get("/redirect", self.redirect)
         app.router.add_route("*", "/{tail:.*}", self.echo)
         return app
 
@@ -100,6 +101,9 @@ class RecordingUpstream:
             left -= len(piece)
         await response.write_eof()
         return response
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
 
     async def gzipped(self, _request: web.Request) -> web.Response:
         return web.Response(

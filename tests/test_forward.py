@@ -261,3 +261,14 @@ async def test_an_upstream_that_breaks_off_mid_body_aborts_the_client_connection
     assert response.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
+
+
+async def test_a_redirect_to_the_upstream_stays_on_the_proxy(
+    upstream: RecordingUpstream, make_proxy: ProxyFactory
+) -> None:
+    proxy = await make_proxy(connection_settings(upstream=upstream.url, prefix="/acme/"),
+                             tokens={"nmbrs": token_set()})
+    target = f"{upstream.url}/api/next?page=2"
+    response = await proxy.get(f"/acme/redirect?to={target}", allow_redirects=False)
+    assert response.status == 302
+    assert response.headers["Location"] == f"http://127.0.0.1:{proxy.port}/acme/api/next?page=2"
