@@ -15,13 +15,13 @@ from proxy.app import create_app
 from proxy.config import SessionSettings, Settings, StoreSettings
 from proxy.sandbox import NMBRS_SCOPES, Sandbox, SandboxClient, SandboxSettings
 from proxy.secret import Secret
+from tests.clock import FakeClock
 from tests.oauth.helpers import (
     CALLBACK_PATH,
     CLIENT_ID,
     CLIENT_SECRET,
     SUBSCRIPTION_KEY,
     Env,
-    FakeClock,
     connection,
 )
 

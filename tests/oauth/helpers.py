@@ -6,7 +6,6 @@ made and checked explicitly.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
@@ -18,6 +17,7 @@ from multidict import CIMultiDictProxy
 from proxy.config import ConnectionSettings
 from proxy.sandbox import Sandbox
 from proxy.secret import Secret
+from tests.clock import FakeClock
 
 # A client id in the style of Nmbrs' own, a secret that breaks naive Basic auth (RFC 6749 §2.3.1).
 CLIENT_ID = "PartnerApp_x*$y"
@@ -25,17 +25,6 @@ CLIENT_SECRET = "s3:cr%et+x y/é"
 SUBSCRIPTION_KEY = "sub-key-for-consent-tests"
 SCOPES = ("offline_access", "company.info.read", "employee.info.read")
 CALLBACK_PATH = "/_proxy/callback"
-
-
-class FakeClock:
-    def __init__(self, start: float | None = None) -> None:
-        self.now = time.time() if start is None else start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def connection(

@@ -20,12 +20,12 @@ from aiohttp.test_utils import unused_port
 from proxy.config import Settings, StoreSettings
 from proxy.login_cli import parse_pasted, run_login
 from proxy.sandbox import Sandbox
+from tests.clock import FakeClock
 from tests.oauth.conftest import register_client
 from tests.oauth.helpers import (
     CLIENT_SECRET,
     SCOPES,
     SUBSCRIPTION_KEY,
-    FakeClock,
     connection,
     query_of,
     with_query,

@@ -7,7 +7,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pytest_aiohttp import AiohttpClient
 
 from proxy.sandbox import Sandbox, SandboxSettings
-from tests.sandbox.sandbox_helpers import FakeClock, Flow
+from tests.clock import FakeClock
+from tests.sandbox.sandbox_helpers import Flow
 
 MakeFlow = Callable[..., Awaitable[tuple[Sandbox, Flow]]]
 

@@ -8,8 +8,9 @@ import pytest
 from yarl import URL
 
 from proxy.sandbox import DEMO_CLIENT_ID, DEMO_SUBSCRIPTION_KEY, Sandbox, SandboxSettings
+from tests.clock import FakeClock
 from tests.sandbox.conftest import MakeFlow
-from tests.sandbox.sandbox_helpers import FakeClock, Flow
+from tests.sandbox.sandbox_helpers import Flow
 
 SandboxFlow = tuple[Sandbox, Flow]
 ALL_READ = ("company.info.read", "employee.info.read", "user.info.read")

@@ -21,10 +21,10 @@ from proxy.sandbox import (
     SandboxClient,
     SandboxSettings,
 )
+from tests.clock import FakeClock
 from tests.sandbox.conftest import MakeFlow
 from tests.sandbox.sandbox_helpers import (
     READ_SCOPES,
-    FakeClock,
     Flow,
     basic,
     naive_basic,
