@@ -7,7 +7,6 @@ replayed once after a forced token refresh.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Final
 
@@ -126,7 +125,7 @@ async def _relay(
         log.warning("upstream broke off a response to %s %s (%s)", request.method,
                     request.path, type(exc).__name__)
         if request.transport is not None:
-            request.transport.abort()
-        raise asyncio.CancelledError from None
+            request.transport.abort()  # the server then drops the connection quietly
+        return response
     await response.write_eof()
     return response
