@@ -102,7 +102,8 @@ class TokenManager:
         if tokens is not None and state is TokenState.FRESH:
             return tokens.access_token
         if tokens is not None and state is TokenState.STALE:
-            self._start_refresh()
+            if self._background_refresh_allowed():
+                self._start_refresh()
             return tokens.access_token
         return (await self._refresh_for_request()).access_token
 
@@ -116,7 +117,11 @@ class TokenManager:
     def refresh_after_rejection_soon(self, rejected: str) -> None:
         """Like `after_rejection`, for a caller that cannot wait (its body is already sent)."""
         tokens = self._tokens
-        if tokens is not None and tokens.access_token == rejected and not self._needs_consent:
+        if (
+            tokens is not None
+            and tokens.access_token == rejected
+            and self._background_refresh_allowed()
+        ):
             self._start_refresh()
 
     async def adopt(self, tokens: TokenSet) -> None:
@@ -166,6 +171,20 @@ class TokenManager:
                 else:
                     await self._shared_refresh()
 
+    def _backoff(self) -> float:
+        if not self._failures:
+            return 0.0
+        return float(min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (self._failures - 1)))
+
+    def _background_refresh_allowed(self) -> bool:
+        """A request with a still-valid token may start a refresh, unless that cannot help
+        (consent is needed) or one failed within the backoff (the refresher retries then)."""
+        if self._needs_consent:
+            return False
+        if self._last_failure_at is None:
+            return True
+        return self._clock() - self._last_failure_at >= self._backoff()
+
     def _next_refresh_delay(self) -> float | None:
         """Seconds until the refresher should act; None: nothing to do until something changes."""
         tokens = self._tokens
@@ -173,9 +192,9 @@ class TokenManager:
             return None
         now = self._clock()
         if self._failures:
-            backoff = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (self._failures - 1))
+            backoff = self._backoff()
             since = now - (self._last_failure_at or now)
-            return float(backoff + self._jitter(backoff / 2) - since)
+            return backoff + self._jitter(backoff / 2) - since
         if tokens is None or self._unsaved:
             return 0.0
         jitter = self._jitter(min(MAX_JITTER_SECONDS, tokens.lifetime / 20))
