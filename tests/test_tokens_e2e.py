@@ -55,9 +55,7 @@ async def test_the_token_is_renewed_ahead_of_expiry_while_requests_keep_flowing(
     short_lived.sandbox.token_gate.clear()  # the refresh will hang at the identity service
     await _until(lambda: _refreshes(short_lived) == 1)  # the background refresher started it
     # While the refresh is in flight, requests are served with the current token.
-    print("DEBUG before", manager.state(), time.time() - tokens.obtained_at)
     statuses = [(await proxy.get("/api/companies")).status for _ in range(20)]
-    print("DEBUG after", manager.state(), time.time() - tokens.obtained_at, short_lived.sandbox.stats.token_requests)
     assert statuses == [200] * 20
     assert short_lived.sandbox.stats.token_requests.total() == 1
     short_lived.sandbox.token_gate.set()
@@ -214,9 +212,7 @@ async def test_a_stale_token_with_a_dead_grant_does_not_hammer_the_identity_serv
     await _until(lambda: manager.status().needs_consent)  # the refresher's attempt failed
     await _until(lambda: manager.state() is TokenState.STALE)  # it ran a little early (jitter)
     # The token is STALE but still valid: requests are served, and none retries the refresh.
-    print("DEBUG before", manager.state(), time.time() - tokens.obtained_at)
     statuses = [(await proxy.get("/api/companies")).status for _ in range(20)]
-    print("DEBUG after", manager.state(), time.time() - tokens.obtained_at, short_lived.sandbox.stats.token_requests)
     assert statuses == [200] * 20
     assert short_lived.sandbox.stats.token_requests.total() == 1
     assert (await proxy.get("/_proxy/readyz")).status == 503  # the operator sees it early
