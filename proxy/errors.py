@@ -1,19 +1,26 @@
 """The errors the proxy answers with, each mapped to one HTTP status in one place.
 
 ProxyError
-├── BadRequest            400  the request cannot be forwarded as sent
+├── BadRequest            400  the request cannot be forwarded as sent (refused target, header)
+├── Unauthorized          401  no key, or a key the proxy does not know
+├── Forbidden             403  the caller is known but may not do this
 ├── NoConnection          404  no connection serves this path
+├── HeadersTooLarge       431  more header bytes or fields than the proxy accepts
 ├── ConsentRequired       503  the grant is gone: a person must link the account again
 ├── TokenUnavailable      503  no usable token right now (identity service unreachable, ...)
 ├── BadGateway            502  the upstream could not be reached or broke the exchange
 └── GatewayTimeout        504  the upstream did not answer in time
 
-Bodies are RFC 9457 `application/problem+json`; `type` is stable, `detail` never holds a secret.
+Bodies are RFC 9457 `application/problem+json`; `type` is stable, `detail` never holds a secret
+(it is passed through the redaction rules as well, in case a message quoted one).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
+
+from proxy.redact import redact
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 
@@ -23,10 +30,18 @@ class ProxyError(Exception):
     slug: ClassVar[str] = "internal-error"
     title: ClassVar[str] = "Internal proxy error"
 
-    def __init__(self, detail: str, *, connection: str | None = None) -> None:
+    def __init__(
+        self,
+        detail: str,
+        *,
+        connection: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.detail = detail
         self.connection = connection
+        # Response headers that belong with this answer (a 401's WWW-Authenticate).
+        self.headers: dict[str, str] = dict(headers or {})
 
     @property
     def type_uri(self) -> str:
@@ -37,7 +52,7 @@ class ProxyError(Exception):
             "type": self.type_uri,
             "title": self.title,
             "status": self.status,
-            "detail": self.detail,
+            "detail": redact(self.detail),
         }
         if self.connection is not None:
             body["connection"] = self.connection
@@ -50,10 +65,28 @@ class BadRequest(ProxyError):
     title = "Bad request"
 
 
+class Unauthorized(ProxyError):
+    status = 401
+    slug = "unauthorized"
+    title = "A valid proxy key is required"
+
+
+class Forbidden(ProxyError):
+    status = 403
+    slug = "forbidden"
+    title = "Not allowed"
+
+
 class NoConnection(ProxyError):
     status = 404
     slug = "no-connection"
     title = "No connection serves this path"
+
+
+class HeadersTooLarge(ProxyError):
+    status = 431
+    slug = "headers-too-large"
+    title = "Request header fields too large"
 
 
 class ConsentRequired(ProxyError):
