@@ -1,7 +1,8 @@
 """Composition root: settings in, a runnable aiohttp application out.
 
-Order matters and is spelled out here: middlewares (problems), the proxy's own routes under
-/_proxy/ and the callback path, then the catch-all forwarder. Long-lived resources (the one
+Order matters and is spelled out here: middlewares (audit, problems, then the door: guard and
+access policy), the proxy's own routes under /_proxy/ and the callback path, then the catch-all
+forwarder. Long-lived resources (the one
 upstream ClientSession, the token refreshers) are created and torn down in cleanup_ctx.
 """
 
@@ -16,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from proxy.access import access, setup_access
+from proxy.audit import PROBLEM, audit_middleware, setup_audit
 from proxy.config import Settings
 from proxy.connection import build_connection
 from proxy.errors import PROBLEM_CONTENT_TYPE, ProxyError
@@ -32,9 +35,12 @@ STORE = web.AppKey("store", TokenStore)
 
 
 def problem_response(error: ProxyError) -> web.Response:
-    return web.json_response(
-        error.problem(), status=error.status, content_type=PROBLEM_CONTENT_TYPE
+    response = web.json_response(
+        error.problem(), status=error.status, headers=error.headers,
+        content_type=PROBLEM_CONTENT_TYPE,
     )
+    response[PROBLEM] = error.slug
+    return response
 
 
 @web.middleware
@@ -53,9 +59,19 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
             "status": exc.status,
             "detail": exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else "",
         }
-        return web.json_response(
-            body, status=exc.status, headers=exc.headers, content_type=PROBLEM_CONTENT_TYPE
+        # The exception's own Content-Type/Length describe its text body, not this one.
+        headers = {k: v for k, v in exc.headers.items()
+                   if k.lower() not in {"content-type", "content-length"}}
+        response = web.json_response(
+            body, status=exc.status, headers=headers, content_type=PROBLEM_CONTENT_TYPE
         )
+        response[PROBLEM] = f"http-{exc.status}"
+        return response
+
+
+async def _not_found(_request: web.Request) -> web.StreamResponse:
+    """Under /_proxy/ nothing is forwarded: a path the proxy does not serve is a 404."""
+    raise web.HTTPNotFound
 
 
 def create_app(
@@ -64,7 +80,12 @@ def create_app(
     clock: Callable[[], float] = time.time,
     store: TokenStore | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[problems], client_max_size=1024**2)
+    app = web.Application(
+        middlewares=[audit_middleware(settings.audit), problems, access],
+        client_max_size=1024**2,
+    )
+    setup_access(app, settings)
+    setup_audit(app, settings.audit)
     app[STORE] = store if store is not None else FileStore(settings.store.path)
 
     async def proxy_state(app: web.Application) -> AsyncIterator[None]:
@@ -99,5 +120,6 @@ def create_app(
     app.router.add_get("/_proxy/healthz", healthz)
     app.router.add_get("/_proxy/readyz", readyz)
     setup_consent(app, settings, clock=clock)
+    app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app

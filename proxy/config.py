@@ -13,17 +13,29 @@ from __future__ import annotations
 
 import difflib
 import enum
+import ipaddress
 import json
 import math
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
+from proxy.policy import (
+    ANY_METHOD,
+    LOOPBACK,
+    AccessPolicy,
+    AdminAccess,
+    Client,
+    IPNetwork,
+    PathPattern,
+    Rule,
+    bind_problem,
+)
 from proxy.secret import Secret
 
 _CONFIG_ENV: Final = "NMBRS_PROXY_CONFIG"
@@ -34,6 +46,8 @@ _DEFAULT_CONFIG_FILE: Final = "config.toml"
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # Serve requests that present no key even when [[clients]] exist or the bind is not loopback.
+    allow_anonymous: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,12 +79,31 @@ class ConnectionSettings:
     read_timeout_seconds: float = 60.0
 
 
+AUDIT_OFF: Final = "off"
+AUDIT_STREAMS: Final = ("stdout", "stderr")
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    # "off", "stdout", "stderr", or the absolute path of a file (appended to)
+    destination: str = AUDIT_OFF
+    include_query: bool = False  # query values are replaced by "_" unless this is set
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     connections: tuple[ConnectionSettings, ...] = ()
+    clients: tuple[Client, ...] = ()
+    admin: AdminAccess = field(default_factory=AdminAccess)
+    audit: AuditSettings = field(default_factory=AuditSettings)
+
+    def access_policy(self) -> AccessPolicy:
+        return AccessPolicy(
+            clients=self.clients, allow_anonymous=self.server.allow_anonymous, admin=self.admin
+        )
 
 
 class ConfigError(ValueError):
@@ -115,6 +148,7 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str]
         session=_session(session) if session is not None else SessionSettings(),
         connections=_connections(root.table("connections")),
     )
+    settings = _with_access(root, settings, _connection_names(data))
     root.finish()
     if context.problems:
         raise ConfigError(context.problems)
@@ -242,6 +276,17 @@ class _Reader:
             self.problem(_expected("a table", value), name)
             return None
         return _Reader(value, self.key(name), self._context)
+
+    def array_of_tables(self, name: str) -> list[_Reader] | None:
+        """Each table of the array `name` (`[[name]]`), keyed `name[i]`; None when absent."""
+        value = self._take(name)
+        if value is _Missing.MISSING:
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, Mapping) for v in value):
+            self.problem(_expected("an array of tables", value), name)
+            return []
+        key = self.key(name)
+        return [_Reader(item, f"{key}[{i}]", self._context) for i, item in enumerate(value)]
 
     def tables(self) -> Iterator[tuple[str, _Reader]]:
         """Every entry of this table, each of which must itself be a table."""
@@ -461,6 +506,7 @@ def _server(table: _Reader) -> ServerSettings:
     settings = ServerSettings(
         host=table.get("host", _text, "127.0.0.1"),
         port=table.get("port", _port, 8080),
+        allow_anonymous=table.get("allow_anonymous", _boolean, default=False),
     )
     table.finish()
     return settings
@@ -563,3 +609,194 @@ def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> Connecti
     if table.problem_count() > before:
         return None
     return ConnectionSettings(name=name, provider=provider, **values)
+
+
+# --- access: [[clients]], [admin], [audit] ----------------------------------------------------
+
+
+def _boolean(value: Any, _context: _Context) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid(_expected("a boolean", value))
+    return value
+
+
+_SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def _sha256(value: Any, context: _Context) -> bytes:
+    """A key's SHA-256 in hex (what `nmbrs-proxy hash-key` prints), as the 32-byte digest."""
+    text = _text(value, context).strip()
+    if not _SHA256_HEX.fullmatch(text):
+        raise _Invalid(
+            "must be 64 hexadecimal characters, the SHA-256 of the key "
+            "(`nmbrs-proxy hash-key` prints one)"
+        )
+    return bytes.fromhex(text)
+
+
+def _array(item: _Parser[_T], *, allow_empty: bool) -> _Parser[tuple[_T, ...]]:
+    """An array whose every item `item` parses; each problem keyed by its index."""
+
+    def parse(value: Any, context: _Context) -> tuple[_T, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(_expected("an array", value))
+        if not value and not allow_empty:
+            raise _Invalid("must not be empty")
+        items: list[_T] = []
+        problems: list[tuple[str, str]] = []
+        for index, raw in enumerate(value):
+            try:
+                items.append(item(raw, context))
+            except _Invalid as err:
+                problems.extend((f"[{index}]{suffix}", message) for suffix, message in err.problems)
+        if problems:
+            raise _Invalid(problems=problems)
+        return tuple(items)
+
+    return parse
+
+
+def _network(value: Any, context: _Context) -> IPNetwork:
+    text = _text(value, context)
+    try:
+        return ipaddress.ip_network(text, strict=True)
+    except ValueError as err:
+        if "host bits set" in str(err):
+            loose = ipaddress.ip_network(text, strict=False)
+            raise _Invalid(f"{text!r} has host bits set (did you mean {str(loose)!r}?)") from None
+        raise _Invalid(f"{text!r} is not an IP address or network (e.g. '10.0.0.0/8')") from None
+
+
+_METHOD: Final = re.compile(r"[A-Z]+")
+
+
+def _method(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    if text != ANY_METHOD and not _METHOD.fullmatch(text):
+        raise _Invalid(f"must be an HTTP method in capitals (e.g. 'GET') or {ANY_METHOD!r}")
+    return text
+
+
+def _path_pattern(value: Any, context: _Context) -> PathPattern:
+    text = _text(value, context)
+    try:
+        return PathPattern.parse(text)
+    except ValueError as err:
+        raise _Invalid(str(err)) from None
+
+
+def _audit_destination(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    if text in (AUDIT_OFF, *AUDIT_STREAMS):
+        return text
+    return str(context.path(text))
+
+
+_CLIENT_NAME: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _client_name(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    if not _CLIENT_NAME.fullmatch(text):
+        raise _Invalid("must be 1 to 64 characters from A-Z, a-z, 0-9, '_', '.' and '-'")
+    return text
+
+
+def _connection_names(data: Mapping[str, Any]) -> frozenset[str]:
+    """Connection names as written, valid or not (a client naming a broken one is not wrong)."""
+    connections = data.get("connections")
+    return frozenset(connections) if isinstance(connections, Mapping) else frozenset()
+
+
+def _with_access(root: _Reader, settings: Settings, connections: frozenset[str]) -> Settings:
+    """`settings` with [[clients]], [admin] and [audit] read, and the listen address checked."""
+    keys: dict[bytes, str] = {}  # key digest -> the dotted key that holds it first
+    clients = _clients(root.array_of_tables("clients"), connections, keys)
+    admin_table = root.table("admin")
+    admin = _admin(admin_table, keys) if admin_table is not None else AdminAccess()
+    audit_table = root.table("audit")
+    audit = _audit(audit_table) if audit_table is not None else AuditSettings()
+    settings = replace(settings, clients=clients, admin=admin, audit=audit)
+    problem = bind_problem(settings.server.host, settings.access_policy())
+    if problem is not None:
+        root.problem(problem, "server", ".host")
+    return settings
+
+
+def _clients(
+    tables: list[_Reader] | None, connections: frozenset[str], keys: dict[bytes, str]
+) -> tuple[Client, ...]:
+    clients: list[Client] = []
+    names: set[str] = set()
+    for table in tables or ():
+        client = _client(table, connections, keys)
+        if client is None:
+            continue
+        if client.name in names:
+            table.problem(f"another client is already named {client.name!r}", "name")
+            continue
+        names.add(client.name)
+        clients.append(client)
+    return tuple(clients)
+
+
+def _client(
+    table: _Reader, connections: frozenset[str], keys: dict[bytes, str]
+) -> Client | None:
+    before = table.problem_count()
+    name = table.require("name", _client_name)
+    digest = table.require("key_sha256", _sha256)
+    cidrs = table.get("cidrs", _array(_network, allow_empty=False), default=[])
+    allowed = table.optional("connections", _array(_text, allow_empty=False))
+    read_only = table.get("read_only", _boolean, default=False)
+    rule_tables = table.array_of_tables("rules")
+    rules = [_rule(rule) for rule in rule_tables] if rule_tables is not None else None
+    if rule_tables == []:
+        table.problem("must not be empty (leave it out to allow every method and path)", "rules")
+    table.finish()
+    for index, connection in enumerate(allowed or ()):
+        if connection not in connections:
+            table.problem(f"no connection is named {connection!r}", "connections", f"[{index}]")
+    if digest is not None:
+        first = keys.setdefault(digest, table.key("key_sha256"))
+        if first != table.key("key_sha256"):
+            table.problem(f"the same key as {first}: every key must be different", "key_sha256")
+    if table.problem_count() > before or name is None or digest is None:
+        return None
+    return Client(
+        name=name,
+        key_sha256=digest,
+        cidrs=cidrs,
+        connections=frozenset(allowed) if allowed is not None else None,
+        rules=tuple(rule for rule in rules if rule is not None) if rules is not None else None,
+        read_only=read_only,
+    )
+
+
+def _rule(table: _Reader) -> Rule | None:
+    methods = table.require("methods", _array(_method, allow_empty=False))
+    paths = table.require("paths", _array(_path_pattern, allow_empty=False))
+    table.finish()
+    if methods is None or paths is None:
+        return None
+    return Rule(methods=frozenset(methods), paths=paths)
+
+
+def _admin(table: _Reader, keys: dict[bytes, str]) -> AdminAccess:
+    digest = table.optional("key_sha256", _sha256)
+    loopback = [str(network) for network in LOOPBACK]
+    cidrs = table.get("cidrs", _array(_network, allow_empty=True), default=loopback)
+    table.finish()
+    if digest is not None and digest in keys:
+        table.problem(f"the same key as {keys[digest]}: the admin key must be its own",
+                      "key_sha256")
+    return AdminAccess(key_sha256=digest, cidrs=cidrs)
+
+
+def _audit(table: _Reader) -> AuditSettings:
+    settings = AuditSettings(
+        destination=table.get("destination", _audit_destination, default=AUDIT_OFF),
+        include_query=table.get("include_query", _boolean, default=False),
+    )
+    table.finish()
+    return settings

@@ -29,17 +29,30 @@ HOP_BY_HOP: Final = frozenset(
 )
 
 # Never forwarded upstream: the upstream's Host is set by the client library, the credentials
-# are the proxy's, `Expect` was answered by the proxy's own server, X-Forwarded-* are rebuilt.
+# are the proxy's (and the caller's key to the proxy is for the proxy only), `Expect` was
+# answered by the proxy's own server, X-Forwarded-* are rebuilt.
 _NOT_FORWARDED_UPSTREAM: Final = frozenset(
     {
         "host",
         "authorization",
+        "x-proxy-key",
         "x-subscription-key",
         "expect",
         "x-forwarded-proto",
         "x-forwarded-host",
     }
 )
+
+
+# The proxy's own cookies (the consent session, proxy/oauth/routes.py) are for the proxy only.
+PROXY_COOKIES: Final = frozenset({"nmbrs_proxy_session"})
+
+
+def without_cookies(value: str, names: frozenset[str]) -> str:
+    """A `Cookie` value (RFC 6265 §5.4, "a=1; b=2") without the cookies called `names`."""
+    pairs = value.split(";")
+    kept = [pair for pair in pairs if pair.partition("=")[0].strip() not in names]
+    return ";".join(kept).strip() if len(kept) < len(pairs) else value
 
 
 def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
@@ -57,6 +70,15 @@ def _end_to_end(headers: MultiMapping[str], also_drop: frozenset[str]) -> Iterab
     return ((name, value) for name, value in headers.items() if name.lower() not in drop)
 
 
+def _without_proxy_cookies(headers: Iterable[tuple[str, str]]) -> Iterable[tuple[str, str]]:
+    for name, value in headers:
+        if name.lower() == "cookie":
+            value = without_cookies(value, PROXY_COOKIES)  # noqa: PLW2901 - the cleaned value
+            if not value:  # it held only ours
+                continue
+        yield name, value
+
+
 def upstream_request_headers(
     inbound: MultiMapping[str],
     *,
@@ -67,7 +89,9 @@ def upstream_request_headers(
     defaults: Mapping[str, str] = {},
 ) -> CIMultiDict[str]:
     """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials."""
-    out: CIMultiDict[str] = CIMultiDict(_end_to_end(inbound, _NOT_FORWARDED_UPSTREAM))
+    out: CIMultiDict[str] = CIMultiDict(_without_proxy_cookies(
+        _end_to_end(inbound, _NOT_FORWARDED_UPSTREAM)
+    ))
     if client_address:
         forwarded_for = ", ".join([*out.popall("X-Forwarded-For", []), client_address])
         out["X-Forwarded-For"] = forwarded_for

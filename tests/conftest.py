@@ -185,15 +185,18 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
         *connections: ConnectionSettings,
         tokens: dict[str, TokenSet] | None = None,
         store_path: Path | None = None,
+        **settings_fields: Any,
     ) -> TestClient[web.Request, web.Application]:
+        """`settings_fields` are further Settings fields: clients, admin, audit, ..."""
         path = store_path or tmp_path / "state" / "tokens.json"
         store = FileStore(path)
         for name, tokens_of_connection in (tokens or {}).items():
             await store.save(name, tokens_of_connection)
+        settings_fields.setdefault("server", ServerSettings(port=0))
         settings = Settings(
-            server=ServerSettings(port=0),
             store=StoreSettings(path=path),
             connections=connections,
+            **settings_fields,
         )
         server = TestServer(create_app(settings), host="127.0.0.1")
         client = TestClient(server, cookie_jar=aiohttp.CookieJar(unsafe=True))
