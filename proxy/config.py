@@ -451,7 +451,10 @@ def _prefix(value: Any, context: _Context) -> str:
         found.append("whitespace")
     if found:
         raise _Invalid("must not contain " + ", ".join(found))
-    return text if text.endswith("/") else f"{text}/"
+    text = text if text.endswith("/") else f"{text}/"
+    if text.startswith(_PROXY_PATH):
+        raise _Invalid(f"must not be under {_PROXY_PATH} (the proxy's own pages)")
+    return text
 
 
 def _http_url(text: str) -> SplitResult:
@@ -746,7 +749,7 @@ def _client(
     before = table.problem_count()
     name = table.require("name", _client_name)
     digest = table.require("key_sha256", _sha256)
-    cidrs = table.get("cidrs", _array(_network, allow_empty=False), default=[])
+    cidrs = table.optional("cidrs", _array(_network, allow_empty=False)) or ()
     allowed = table.optional("connections", _array(_text, allow_empty=False))
     read_only = table.get("read_only", _boolean, default=False)
     rule_tables = table.array_of_tables("rules")
