@@ -1,4 +1,4 @@
-"""The command line: serve | demo | login | status | check-config | sandbox.
+"""The command line: serve | demo | login | status | check-config | hash-key | sandbox.
 
 Exit codes: 0 success, 1 the command failed, 2 the configuration is invalid.
 """
@@ -16,7 +16,10 @@ from typing import TextIO
 
 from aiohttp import web
 
+from proxy import redact
 from proxy.config import ConfigError, Settings, config_path, load
+from proxy.policy import bind_problem, exposure_warning, hash_key, new_key
+from proxy.secret import revealed_in
 from proxy.tokens.model import token_state
 from proxy.tokens.store import FileStore, StoreError
 
@@ -31,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    redact.install()  # every record, from here on, has its secrets masked
     command: Callable[[argparse.Namespace], int] = args.run
     return command(args)
 
@@ -40,7 +44,10 @@ def _with_settings(
 ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         settings = _load_settings(args.config, sys.stderr)
-        return EXIT_CONFIG if settings is None else command(args, settings)
+        if settings is None:
+            return EXIT_CONFIG
+        redact.install(revealed_in(settings))  # the configured secrets, wherever they show up
+        return command(args, settings)
 
     return run
 
@@ -103,6 +110,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--smoke", action="store_true",
                       help="make the printed requests once, check them and exit")
 
+    hash_key_command = commands.add_parser(
+        "hash-key", help="print a new random key and the SHA-256 the configuration holds")
+    hash_key_command.set_defaults(run=_hash_key)
+    hash_key_command.add_argument("--stdin", action="store_true",
+                                  help="hash a key read from standard input instead")
+
     sandbox = commands.add_parser("sandbox", help="run the embedded fake Nmbrs alone")
     sandbox.set_defaults(run=_sandbox)
     sandbox.add_argument("--host", default="127.0.0.1")
@@ -123,12 +136,37 @@ def _load_settings(cli_path: str | None, err: TextIO) -> Settings | None:
         return None
 
 
+def _hash_key(args: argparse.Namespace) -> int:
+    if args.stdin:
+        key = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+        if not key:
+            print("nmbrs-proxy hash-key: no key on standard input", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"key_sha256: {hash_key(key)}")
+        return 0
+    key = new_key()
+    print(f"key:        {key}\n"
+          f"key_sha256: {hash_key(key)}\n\n"
+          "Give the key to the caller (it is not stored anywhere); put key_sha256 in a\n"
+          "[[clients]] block or in [admin].")
+    return 0
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from proxy.app import create_app  # noqa: PLC0415 - keeps check-config and status light
 
+    host = args.host or settings.server.host
+    policy = settings.access_policy()
+    refusal = bind_problem(host, policy)
+    if refusal is not None:
+        print(f"nmbrs-proxy: refusing to listen on {host}: {refusal}", file=sys.stderr)
+        return EXIT_CONFIG
+    warning = exposure_warning(host, policy)
+    if warning is not None:
+        logging.getLogger("proxy").warning("%s", warning)
     web.run_app(
         create_app(settings),
-        host=args.host or settings.server.host,
+        host=host,
         port=settings.server.port if args.port is None else args.port,
         handler_cancellation=True,
         access_log=None,

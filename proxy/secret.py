@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
+from collections.abc import Iterator, Mapping
 from typing import Final
 
 _MASK: Final = "***"
@@ -35,3 +37,19 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+def revealed_in(tree: object) -> Iterator[str]:
+    """The value of every Secret inside `tree`: dataclasses, tuples, lists and mappings are
+    walked (so the redaction filter can mask configured secrets, whatever holds them)."""
+    if isinstance(tree, Secret):
+        yield tree.reveal()
+    elif dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        for item in dataclasses.fields(tree):
+            yield from revealed_in(getattr(tree, item.name))
+    elif isinstance(tree, tuple | list | frozenset | set):
+        for item in tree:
+            yield from revealed_in(item)
+    elif isinstance(tree, Mapping):
+        for item in tree.values():
+            yield from revealed_in(item)
