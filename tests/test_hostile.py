@@ -188,7 +188,9 @@ async def test_hostile_requests(proxy: Proxy, upstream: RecordingUpstream, case:
 
     manager.bearer = bearer  # type: ignore[method-assign]
 
-    answer = await exchange(proxy.port, case.raw, wait_for_close=case.by == PARSER)
+    port = proxy.port
+    assert port is not None
+    answer = await exchange(port, case.raw, wait_for_close=case.by == PARSER)
 
     assert answer.status == case.status, answer.body[:300]
     if case.by == GUARD:
@@ -203,7 +205,7 @@ async def test_hostile_requests(proxy: Proxy, upstream: RecordingUpstream, case:
     assert b"the-token" not in answer.body
 
     # ... and the proxy keeps serving
-    after = await exchange(proxy.port, request(b"GET /api/after HTTP/1.1"))
+    after = await exchange(port, request(b"GET /api/after HTTP/1.1"))
     assert after.status == 200
     assert [seen.raw_path for seen in upstream.seen] == ["/api/after"]
     assert asked == [1]
