@@ -1,4 +1,5 @@
-"""Shared fixtures: a recording upstream and a factory for real proxies in front of it."""
+"""Shared fixtures: a recording upstream and a factory for real proxies in front of it; and,
+for the whole run, the check that no log line holds a secret of the sandbox (tests/leaks.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import asyncio
 import gzip
 import hashlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,31 @@ from proxy.config import ConnectionSettings, ServerSettings, Settings, StoreSett
 from proxy.secret import Secret
 from proxy.tokens.model import TokenSet
 from proxy.tokens.store import FileStore
+from tests.leaks import LogCapture, find_leaks
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_sandbox_secret_in_any_log_line() -> Iterator[LogCapture]:
+    """Every record of the run, at every level, is kept; at the end none may hold a secret the
+    sandbox was configured with or issued (client secrets, subscription keys, codes, tokens)."""
+    from proxy.sandbox import issued_secrets  # noqa: PLC0415 - the sandbox only when tests run
+
+    root = logging.getLogger()
+    capture = LogCapture()
+    level = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(level)
+    secrets = issued_secrets()
+    leaks = find_leaks(capture.lines, secrets)
+    assert secrets, "the sandbox reported no secrets: the leak check would prove nothing"
+    assert not leaks, f"{len(leaks)} log line(s) hold a sandbox secret:\n" + "\n".join(
+        str(leak) for leak in leaks[:20])
+
 
 SUBSCRIPTION_KEY = "sub-key-for-tests"
 GZIPPED = gzip.compress(b'{"compressed": true}' * 50)

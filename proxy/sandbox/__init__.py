@@ -10,6 +10,7 @@ cannot hide by being shared with the thing that checks them.
 """
 
 from ._grants import fingerprint
+from ._ledger import issued_secrets
 from ._server import Sandbox, main_sandbox, start_sandbox
 from ._settings import (
     DEMO_CLIENT,
@@ -36,6 +37,7 @@ __all__ = [
     "SandboxSettings",
     "SandboxStats",
     "fingerprint",
+    "issued_secrets",
     "main_sandbox",
     "start_sandbox",
 ]

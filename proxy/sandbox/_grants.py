@@ -13,6 +13,8 @@ import re
 import secrets
 from dataclasses import dataclass, field
 
+from ._ledger import remember
+
 _PKCE_VERIFIER = re.compile(r"[A-Za-z0-9\-._~]{43,128}")
 
 
@@ -105,6 +107,7 @@ class GrantStore:
                 del self._codes[key]
         value = secrets.token_urlsafe(32)
         self._codes[fingerprint(value)] = code
+        remember(value)
         return value
 
     def redeem_code(
@@ -167,6 +170,7 @@ class GrantStore:
 
     def new_refresh_token(self, grant: Grant, *, expires_at: float) -> str:
         value = secrets.token_urlsafe(32)
+        remember(value)
         key = fingerprint(value)
         self._refresh[key] = RefreshRecord(grant.grant_id, grant.client_id, expires_at)
         grant.refresh_tokens.append(key)

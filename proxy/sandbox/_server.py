@@ -19,6 +19,7 @@ from ._api import NmbrsApi
 from ._grants import Grant, GrantStore
 from ._identity import IdentityService
 from ._keys import ACCESS_TOKEN_AUDIENCE, SigningKey
+from ._ledger import remember
 from ._settings import SandboxClient, SandboxSettings
 from ._stats import SandboxStats
 
@@ -56,6 +57,8 @@ class Sandbox:
         self.signing_key = SigningKey(signing_key)
         self.grants = GrantStore()
         self._clients = {client.client_id: client for client in self.settings.clients}
+        remember(*(c.client_secret for c in self.settings.clients),
+                 *self.settings.subscription_keys)
         self._last_issuer: str | None = None
 
     def __repr__(self) -> str:
@@ -68,10 +71,12 @@ class Sandbox:
         return MappingProxyType(self._clients)
 
     def add_client(self, client: SandboxClient) -> None:
+        remember(client.client_secret)
         self._clients[client.client_id] = client
 
     def set_client_secret(self, client_id: str, client_secret: str) -> None:
         """Rotate a client's secret (the old one then answers invalid_client)."""
+        remember(client_secret)
         self._clients[client_id] = dataclasses.replace(
             self._clients[client_id], client_secret=client_secret
         )
@@ -105,8 +110,10 @@ class Sandbox:
         }
         self.grants.issuers.add(issuer)
         self.grants.record_access_token(jti, grant)
+        access_token = self.signing_key.sign(claims)
+        remember(access_token)
         answer: dict[str, Any] = {
-            "access_token": self.signing_key.sign(claims),
+            "access_token": access_token,
             "expires_in": _seconds(lifetime),
             "token_type": "Bearer",
         }
