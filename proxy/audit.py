@@ -12,8 +12,9 @@ Health and readiness probes are not audited. Requests that aiohttp's own parser 
 reach the application, so they are not audited either (aiohttp logs them).
 
 Writing: `AuditLog.write()` serialises the line and puts it on a bounded queue; a daemon
-thread writes and flushes. When the queue is full (the disk stalls) lines are dropped and
-counted, rather than the proxy stalling with it; the count is logged when the writer catches up.
+thread gathers lines for BATCH_SECONDS, then writes and flushes them at once. When the queue is
+full (the disk stalls) lines are dropped and counted, rather than the proxy stalling with it;
+the count is logged when the writer catches up.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_QUEUED: Final = 10_000
+BATCH_SECONDS: Final = 0.05  # how long the writer gathers lines before writing them
 HIDDEN_VALUE: Final = "_"
 NOT_AUDITED: Final = frozenset({"/_proxy/healthz", "/_proxy/readyz"})
 # A status for a request whose client went away before an answer (nginx's convention).
@@ -170,27 +172,36 @@ class AuditLog:
         stream: IO[str] | None = None
         reported = 0
         while True:
-            line = self._queue.get()
-            if line is None:
-                break
-            stream = self._open_stream()
-            try:
-                stream.write(line)
-                while not self._queue.empty():  # a batch: everything already waiting
-                    more = self._queue.get_nowait()
-                    if more is None:
-                        self._queue.put_nowait(None)  # seen below, after the flush
-                        break
-                    stream.write(more)
-                stream.flush()
-            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
-                log.error("cannot write the audit log: %s", exc)  # noqa: TRY400
+            batch = [self._queue.get()]
+            if batch[0] is not None:
+                # Let more lines come: one wake-up, one write and one flush per batch, so that
+                # the writer rarely takes the interpreter away from the event loop.
+                time.sleep(BATCH_SECONDS)
+            batch += self._drain()
+            lines = [line for line in batch if line is not None]
+            if lines:
+                stream = self._open_stream()
+                try:
+                    stream.write("".join(lines))
+                    stream.flush()
+                except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                    log.error("cannot write the audit log: %s", exc)  # noqa: TRY400
             dropped = self.dropped
             if dropped > reported:
                 log.warning("the audit log fell behind: %d line(s) dropped so far", dropped)
                 reported = dropped
+            if None in batch:
+                break
         if self._close_stream and stream is not None:
             stream.close()
+
+    def _drain(self) -> list[str | None]:
+        found: list[str | None] = []
+        while True:
+            try:
+                found.append(self._queue.get_nowait())
+            except queue.Empty:
+                return found
 
 
 AUDIT_LOG = web.AppKey("audit_log", AuditLog)
