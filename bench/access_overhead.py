@@ -1,3 +1,4 @@
+# ruff: noqa: INP001 - a script run by hand, not part of a package
 """What access control and the audit log cost per request (run by hand, never in the suite).
 
     .venv/bin/python bench/access_overhead.py [--requests N] [--concurrency C]
@@ -27,12 +28,12 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy import guard, policy  # noqa: E402
-from proxy.app import create_app  # noqa: E402
-from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings  # noqa: E402
-from proxy.policy import AccessPolicy, Client, PathPattern, Rule  # noqa: E402
-from proxy.tokens.store import FileStore  # noqa: E402
-from tests.conftest import connection_settings, token_set  # noqa: E402
+from proxy import guard, policy
+from proxy.app import create_app
+from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
+from proxy.policy import AccessPolicy, Client, PathPattern, Rule
+from proxy.tokens.store import FileStore
+from tests.conftest import connection_settings, token_set
 
 HEADERS = [("Host", "proxy"), ("Accept", "application/json"), ("User-Agent", "bench"),
            ("X-Proxy-Key", "key-4"), ("Accept-Encoding", "gzip")]
@@ -117,15 +118,15 @@ async def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=20)
     args = parser.parse_args()
-    print(f"guard + policy, one request: {pure_decisions():.1f} µs")
-    setups = {
+    sys.stdout.write(f"guard + policy, one request: {pure_decisions():.1f} µs\n")
+    setups: dict[str, dict[str, object]] = {
         "no clients": {},
         "5 clients with rules": {"clients": clients()},
         "5 clients + audit to a file": {"clients": clients(), "audit_file": True},
     }
     for name, fields in setups.items():
         rate, median = await through_proxy(fields, args.requests, args.concurrency)
-        print(f"{name:30s} {rate:8.0f} req/s   median {median:.2f} ms")
+        sys.stdout.write(f"{name:30s} {rate:8.0f} req/s   median {median:.2f} ms\n")
 
 
 if __name__ == "__main__":
