@@ -2,8 +2,8 @@
 
 Order matters and is spelled out here: middlewares (audit, problems, then the door: guard and
 access policy), the proxy's own routes under /_proxy/ and the callback path, then the catch-all
-forwarder. Long-lived resources (the one
-upstream ClientSession, the token refreshers) are created and torn down in cleanup_ctx.
+forwarder. Long-lived resources (the one upstream ClientSession, the token refreshers, the audit
+log's writer) are created and torn down in cleanup_ctx.
 """
 
 from __future__ import annotations
