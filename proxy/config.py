@@ -714,14 +714,15 @@ def _connection_names(data: Mapping[str, Any]) -> frozenset[str]:
 def _with_access(root: _Reader, settings: Settings, connections: frozenset[str]) -> Settings:
     """`settings` with [[clients]], [admin] and [audit] read, and the listen address checked."""
     keys: dict[bytes, str] = {}  # key digest -> the dotted key that holds it first
-    clients = _clients(root.array_of_tables("clients"), connections, keys)
+    client_tables = root.array_of_tables("clients")
+    clients = _clients(client_tables, connections, keys)
     admin_table = root.table("admin")
     admin = _admin(admin_table, keys) if admin_table is not None else AdminAccess()
     audit_table = root.table("audit")
     audit = _audit(audit_table) if audit_table is not None else AuditSettings()
     settings = replace(settings, clients=clients, admin=admin, audit=audit)
     problem = bind_problem(settings.server.host, settings.access_policy())
-    if problem is not None:
+    if problem is not None and not client_tables:  # broken clients are reported themselves
         root.problem(problem, "server", ".host")
     return settings
 

@@ -210,6 +210,11 @@ def test_problems(tmp_path: Path, data: dict[str, Any], expected: list[str]) -> 
     assert problems(data, tmp_path) == tuple(expected)
 
 
+def test_broken_clients_are_not_also_reported_as_missing(tmp_path: Path) -> None:
+    data = with_clients({"name": "a", "key_sha256": "nope"}, **{"server.host": "0.0.0.0"})
+    assert problems(data, tmp_path) == (f"clients[0].key_sha256: {HEX}",)
+
+
 def test_a_client_naming_a_broken_connection_is_not_blamed(tmp_path: Path) -> None:
     data = with_clients({"name": "a", "key_sha256": KEY_A, "connections": ["nmbrs"]},
                         **{"connections.nmbrs.scopes": []})
