@@ -1,11 +1,13 @@
 """The fake Nmbrs REST API (api.nmbrsapp.com shape) behind a fake API-management gateway.
 
-Per request under /api: subscription key, then rate limit, then bearer token, then route,
-then scope. Every request is recorded in the sandbox stats.
+Per request under /api: subscription key, then rate limit, then maintenance (503), then bearer
+token, then route, then scope. Every request is recorded in the sandbox stats, with the time it
+arrived.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -88,6 +90,19 @@ def _gateway_error(
 def _invalid_token(description: str) -> ApiProblem:
     challenge = f'Bearer error="invalid_token", error_description="{description}"'
     return ApiProblem(401, description, "InvalidToken", headers={"WWW-Authenticate": challenge})
+
+
+@dataclass(frozen=True)
+class Maintenance:
+    """A maintenance window: every API call gets 503, with `Retry-After` when one is given."""
+
+    retry_after: int | None = None
+
+    def response(self) -> web.Response:
+        headers = {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
+        return _gateway_error(
+            503, "The service is temporarily unavailable for maintenance.", headers
+        )
 
 
 @dataclass(frozen=True)
@@ -190,12 +205,17 @@ class NmbrsApi:
     async def dispatch(self, request: web.Request) -> web.Response:
         stats = self.sandbox.stats
         stats.api_requests += 1
-        record = RecordedRequest(request.method, request.raw_path, CIMultiDict(request.headers))
+        record = RecordedRequest(
+            request.method, request.raw_path, CIMultiDict(request.headers), at=self.sandbox.clock()
+        )
         stats.api_log.append(record)
         try:
             response = await self._handle(request)
         except ApiProblem as problem:
             response = problem.response()
+        cache_control = self.sandbox.settings.api_cache_control
+        if cache_control is not None and response.status == 200:
+            response.headers["Cache-Control"] = cache_control
         record.status = response.status
         stats.api_statuses[response.status] += 1
         return response
@@ -204,6 +224,10 @@ class NmbrsApi:
         rejected = self._gateway(request)
         if rejected is not None:
             return rejected
+        if self.sandbox.maintenance is not None:
+            return self.sandbox.maintenance.response()
+        if self.sandbox.api_delay:
+            await asyncio.sleep(self.sandbox.api_delay)
         claims = self._authenticate(request)
         allowed: list[str] = []
         for route in self._routes:

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ._api import NmbrsApi
+from ._api import Maintenance, NmbrsApi
 from ._grants import Grant, GrantStore
 from ._identity import IdentityService
 from ._keys import ACCESS_TOKEN_AUDIENCE, SigningKey
@@ -36,7 +36,8 @@ class Sandbox:
     """A fake Nmbrs identity service and API in one aiohttp application.
 
     All state lives in memory and dies with the object. Tests may replace `clock`,
-    clear `token_gate`, set `token_delay`, and read `stats`.
+    clear `token_gate`, set `token_delay` or `api_delay`, start and end a maintenance window,
+    and read `stats`.
     """
 
     def __init__(
@@ -52,6 +53,9 @@ class Sandbox:
         self.token_gate = asyncio.Event()
         self.token_gate.set()
         self.token_delay = 0.0
+        self.api_delay = 0.0  # seconds each API answer is held back after the gateway let it in
+        # While set: API requests past the gateway get 503, with this Retry-After (or none).
+        self.maintenance: Maintenance | None = None
         self.user_sub = DEFAULT_SUB  # the "person" who consents in the browser flow
         self.base_url: str | None = None  # set by start_sandbox()
         self.signing_key = SigningKey(signing_key)
@@ -170,6 +174,15 @@ class Sandbox:
         again). Access tokens keep working until they expire, as JWTs do; call
         revoke_access_tokens() as well to kill them too."""
         self.grants.revoke_all_refresh()
+
+    # -- maintenance (test controls) ------------------------------------------------------
+
+    def start_maintenance(self, *, retry_after: int | None = None) -> None:
+        """The API answers 503 (after the key and rate checks) until `end_maintenance()`."""
+        self.maintenance = Maintenance(retry_after)
+
+    def end_maintenance(self) -> None:
+        self.maintenance = None
 
     # -- the application -----------------------------------------------------------------
 

@@ -77,6 +77,8 @@ class SandboxSettings:
     code_lifetime: float = 300.0
     rate_limit: int | None = None
     rate_window: float = 1.0
+    # Sent as Cache-Control on every 200 from the API (the real one's policy is not published).
+    api_cache_control: str | None = None
     auto_consent: bool = True
     issuer: str | None = None
 

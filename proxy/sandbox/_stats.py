@@ -18,6 +18,7 @@ class RecordedRequest:
     path_qs: str
     headers: CIMultiDict[str]
     status: int | None = None  # filled in once answered
+    at: float | None = None  # the sandbox clock when it arrived (API requests)
 
 
 @dataclass

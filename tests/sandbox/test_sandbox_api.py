@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -82,6 +83,77 @@ async def test_retry_after_is_at_least_one_second(make_flow: MakeFlow, clock: Fa
     assert answer.headers["Retry-After"] == "1"
     clock.advance(0.2)
     assert (await flow.api("/api/companies", token)).status == 200
+
+
+# -- maintenance, slowness, caching headers ---------------------------------------------------
+
+
+@pytest.mark.parametrize(("retry_after", "header"), [(None, None), (30, "30")])
+async def test_maintenance_answers_503_after_the_gateway(
+    sandbox_flow: SandboxFlow, retry_after: int | None, header: str | None
+) -> None:
+    sandbox, flow = sandbox_flow
+    token = tokens_for(sandbox, flow)
+    sandbox.start_maintenance(retry_after=retry_after)
+    answer = await flow.api("/api/companies", token)
+    assert answer.status == 503
+    assert answer.headers.get("Retry-After") == header
+    assert answer.body == {
+        "statusCode": 503,
+        "message": "The service is temporarily unavailable for maintenance.",
+    }
+    # the gateway still checks the key first; a bad token is not even looked at
+    assert (await flow.api("/api/companies", token, key="wrong-key")).status == 401
+    assert (await flow.api("/api/companies", "garbage")).status == 503
+    sandbox.end_maintenance()
+    assert (await flow.api("/api/companies", token)).status == 200
+    assert sandbox.stats.api_statuses == {503: 2, 401: 1, 200: 1}
+
+
+async def test_maintenance_counts_against_the_rate_limit(make_flow: MakeFlow) -> None:
+    sandbox, flow = await make_flow(SandboxSettings(rate_limit=1, rate_window=10.0))
+    token = tokens_for(sandbox, flow)
+    sandbox.start_maintenance()
+    assert (await flow.api("/api/companies", token)).status == 503
+    sandbox.end_maintenance()
+    assert (await flow.api("/api/companies", token)).status == 429
+
+
+async def test_api_delay_holds_answers_back(sandbox_flow: SandboxFlow) -> None:
+    sandbox, flow = sandbox_flow
+    token = tokens_for(sandbox, flow)
+    sandbox.api_delay = 0.2
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await flow.api("/api/companies", token)).status == 200
+    assert loop.time() - started >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("setting", "path", "expected"),
+    [
+        (None, "/api/companies", None),
+        ("private, max-age=60", "/api/companies", "private, max-age=60"),
+        ("no-store", "/api/companies/nope/employees", None),  # only on a 200
+    ],
+)
+async def test_api_cache_control(
+    make_flow: MakeFlow, setting: str | None, path: str, expected: str | None
+) -> None:
+    sandbox, flow = await make_flow(SandboxSettings(api_cache_control=setting))
+    answer = await flow.api(path, tokens_for(sandbox, flow))
+    assert answer.headers.get("Cache-Control") == expected
+
+
+async def test_arrival_times_are_recorded(make_flow: MakeFlow, clock: FakeClock) -> None:
+    sandbox, flow = await make_flow()
+    token = tokens_for(sandbox, flow)
+    await flow.api("/api/companies", token)
+    clock.advance(1.5)
+    await flow.api("/api/companies", token, key=None)
+    first, second = sandbox.stats.api_log
+    assert first.at is not None
+    assert second.at == first.at + 1.5
 
 
 # -- bearer token ---------------------------------------------------------------------------
