@@ -62,6 +62,32 @@ class SessionSettings:
     secret: Secret | None = None
 
 
+# RFC 9110 §9.2.2: requests with these methods may be sent again without changing the outcome.
+IDEMPOTENT_METHODS: Final = ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+RETRY_STATUSES: Final = (429, 502, 503, 504)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """When a request is sent upstream again (see proxy.retry); count 0 turns retries off."""
+
+    count: int = 2
+    deadline_seconds: float = 30.0
+    backoff_seconds: float = 0.5
+    methods: tuple[str, ...] = IDEMPOTENT_METHODS
+    statuses: tuple[int, ...] = RETRY_STATUSES
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The opt-in response cache for GET (see proxy.cache)."""
+
+    paths: tuple[str, ...]  # patterns of upstream paths: "*" within a segment, "**" across
+    ttl_seconds: float = 30.0
+    max_entries: int = 1000
+    max_body_bytes: int = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class ConnectionSettings:
     name: str
@@ -77,6 +103,22 @@ class ConnectionSettings:
     refresh_margin_seconds: float = 300.0
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0
+    # Tried in order after the gateway refuses `subscription_key` (a key rotated in the portal).
+    secondary_subscription_keys: tuple[Secret, ...] = ()
+    # Outbound shaping (see proxy.shaping): None means no limit of that kind.
+    rate_per_second: float | None = None
+    burst: int = 1
+    max_concurrent: int | None = None
+    max_queue: int = 100
+    max_wait_seconds: float = 10.0
+    retries: RetrySettings = field(default_factory=RetrySettings)
+    cache: CacheSettings | None = None
+
+    @property
+    def subscription_keys(self) -> tuple[Secret, ...]:
+        """Every configured key, the primary first."""
+        primary = () if self.subscription_key is None else (self.subscription_key,)
+        return (*primary, *self.secondary_subscription_keys)
 
 
 AUDIT_OFF: Final = "off"
@@ -295,6 +337,9 @@ class _Reader:
             if sub is not None:
                 yield name, sub
 
+    def has(self, name: str) -> bool:
+        return name in self._data
+
     def is_empty(self) -> bool:
         return not self._data
 
@@ -420,22 +465,72 @@ def _word(value: Any, context: _Context) -> str:
     return text
 
 
-def _unique_words(value: Any, context: _Context) -> tuple[str, ...]:
-    """A non-empty array of words; duplicates dropped, first occurrence kept."""
-    if not isinstance(value, list):
-        raise _Invalid(_expected("an array of strings", value))
-    if not value:
-        raise _Invalid("must not be empty")
-    words: list[str] = []
-    problems: list[tuple[str, str]] = []
-    for index, item in enumerate(value):
-        try:
-            words.append(_word(item, context))
-        except _Invalid as err:
-            problems.extend((f"[{index}]{suffix}", message) for suffix, message in err.problems)
-    if problems:
-        raise _Invalid(problems=problems)
-    return tuple(dict.fromkeys(words))
+def _array_of(parse_item: _Parser[_T], what: str) -> _Parser[tuple[_T, ...]]:
+    """A non-empty array, each item read by `parse_item`; duplicates dropped, first one kept."""
+
+    def parse(value: Any, context: _Context) -> tuple[_T, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(_expected(what, value))
+        if not value:
+            raise _Invalid("must not be empty")
+        items: list[_T] = []
+        problems: list[tuple[str, str]] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(parse_item(item, context))
+            except _Invalid as err:
+                problems.extend((f"[{index}]{suffix}", message) for suffix, message in err.problems)
+        if problems:
+            raise _Invalid(problems=problems)
+        return tuple(dict.fromkeys(items))
+
+    return parse
+
+
+_unique_words = _array_of(_word, "an array of strings")
+_secrets = _array_of(_secret, "a string or an array of strings")
+
+
+def _subscription_keys(value: Any, context: _Context) -> tuple[Secret, ...]:
+    """One key, or several to rotate through: (primary, secondary, ...)."""
+    return (_secret(value, context),) if isinstance(value, str) else _secrets(value, context)
+
+
+def _count(minimum: int) -> _Parser[int]:
+    def parse(value: Any, context: _Context) -> int:
+        number = _integer(value, context)
+        if number < minimum:
+            raise _Invalid(f"must be at least {minimum}")
+        return number
+
+    return parse
+
+
+# RFC 9110 §5.6.2: a method is a token.
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _method(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    if not _TOKEN.fullmatch(text):
+        raise _Invalid("must be an HTTP method such as GET or PUT")
+    return text.upper()
+
+
+def _retry_status(value: Any, context: _Context) -> int:
+    status = _integer(value, context)
+    if status != 429 and not 500 <= status <= 599:
+        raise _Invalid("must be 429 or a 5xx status")
+    return status
+
+
+def _path_pattern(value: Any, context: _Context) -> str:
+    text = _text(value, context)
+    if not text.startswith("/"):
+        raise _Invalid("must start with '/'")
+    if any(char.isspace() or char in "?#" for char in text):
+        raise _Invalid("must be a path: no whitespace, '?' or '#'")
+    return text
 
 
 _PREFIX_FORBIDDEN: Final = ("..", "//", "?", "#", "%")
@@ -527,6 +622,40 @@ def _store(table: _Reader) -> StoreSettings:
     return settings
 
 
+def _retries(table: _Reader) -> RetrySettings:
+    default = RetrySettings()
+    settings = RetrySettings(
+        count=table.get("count", _count(0), default.count),
+        deadline_seconds=table.get(
+            "deadline_seconds", _seconds(allow_zero=False), default.deadline_seconds
+        ),
+        backoff_seconds=table.get(
+            "backoff_seconds", _seconds(allow_zero=False), default.backoff_seconds
+        ),
+        methods=table.get(
+            "methods", _array_of(_method, "an array of strings"), list(default.methods)
+        ),
+        statuses=table.get(
+            "statuses", _array_of(_retry_status, "an array of integers"), list(default.statuses)
+        ),
+    )
+    table.finish()
+    return settings
+
+
+def _cache(table: _Reader) -> CacheSettings | None:
+    default = CacheSettings(paths=())
+    paths = table.require("paths", _array_of(_path_pattern, "an array of strings"))
+    settings = CacheSettings(
+        paths=paths or (),
+        ttl_seconds=table.get("ttl_seconds", _seconds(allow_zero=False), default.ttl_seconds),
+        max_entries=table.get("max_entries", _count(1), default.max_entries),
+        max_body_bytes=table.get("max_body_bytes", _count(1), default.max_body_bytes),
+    )
+    table.finish()
+    return settings if paths else None
+
+
 def _session(table: _Reader) -> SessionSettings:
     settings = SessionSettings(secret=table.optional("secret", _session_secret))
     table.finish()
@@ -538,7 +667,7 @@ _CONNECTION_KEYS: Final[Mapping[str, _Parser[Any]]] = {
     "prefix": _prefix,
     "upstream": _base_url,
     "issuer": _base_url,
-    "subscription_key": _secret,
+    "subscription_key": _subscription_keys,
     "client_id": _text,  # not a secret: the status page shows it
     "client_secret": _secret,
     "redirect_uri": _redirect_uri,
@@ -546,6 +675,11 @@ _CONNECTION_KEYS: Final[Mapping[str, _Parser[Any]]] = {
     "refresh_margin_seconds": _seconds(allow_zero=True),
     "connect_timeout_seconds": _seconds(allow_zero=False),
     "read_timeout_seconds": _seconds(allow_zero=False),
+    "rate_per_second": _seconds(allow_zero=False),  # a positive number, as seconds are
+    "burst": _count(1),
+    "max_concurrent": _count(1),
+    "max_queue": _count(0),
+    "max_wait_seconds": _seconds(allow_zero=True),
 }
 
 _COMMON_DEFAULTS: Final[Mapping[str, object]] = {
@@ -553,7 +687,11 @@ _COMMON_DEFAULTS: Final[Mapping[str, object]] = {
     "refresh_margin_seconds": 300,
     "connect_timeout_seconds": 10,
     "read_timeout_seconds": 60,
+    "max_queue": 100,
+    "max_wait_seconds": 10,
 }
+# Keys every provider takes that have no default: absent means "no such limit".
+_COMMON_OPTIONAL: Final = ("rate_per_second", "max_concurrent")
 
 
 @dataclass(frozen=True)
@@ -562,6 +700,7 @@ class _Provider:
 
     required: tuple[str, ...]
     defaults: Mapping[str, object]
+    optional: tuple[str, ...] = _COMMON_OPTIONAL
 
 
 _PROVIDERS: Final[Mapping[str, _Provider]] = {
@@ -574,6 +713,23 @@ _PROVIDERS: Final[Mapping[str, _Provider]] = {
         },
     ),
 }
+
+def _quota(table: _Reader, *, rate_per_second: float | None) -> dict[str, Any]:
+    """The keys that shape traffic to the upstream: burst, retries and the response cache."""
+    values: dict[str, Any] = {}
+    burst = table.optional("burst", _CONNECTION_KEYS["burst"])
+    if burst is not None:
+        if rate_per_second is None and table.is_valid("rate_per_second"):
+            table.problem("has no effect without rate_per_second", "burst")
+        values["burst"] = burst
+    retries = table.table("retries")
+    if retries is not None:
+        values["retries"] = _retries(retries)
+    if table.has("cache"):
+        cache = table.table("cache")
+        values["cache"] = None if cache is None else _cache(cache)
+    return values
+
 
 _CONNECTION_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -603,6 +759,13 @@ def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> Connecti
         values[key] = table.require(key, _CONNECTION_KEYS[key])
     for key, default in profile.defaults.items():
         values[key] = table.get(key, _CONNECTION_KEYS[key], default)
+    for key in profile.optional:
+        values[key] = table.optional(key, _CONNECTION_KEYS[key])
+    values.update(_quota(table, rate_per_second=values.get("rate_per_second")))
+    keys = values.pop("subscription_key", None)
+    if keys:
+        values["subscription_key"], *secondary = keys
+        values["secondary_subscription_keys"] = tuple(secondary)
     table.finish()
     if table.is_valid("prefix"):  # a bad prefix has the default standing in: nothing to compare
         prefix = values["prefix"]

@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from proxy.config import ConfigError, Settings, config_path, load, parse
+from proxy.config import (
+    CacheSettings,
+    ConfigError,
+    RetrySettings,
+    Settings,
+    config_path,
+    load,
+    parse,
+)
 from proxy.secret import Secret
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
@@ -75,6 +83,18 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
     assert connection.refresh_margin_seconds == 300.0
     assert connection.connect_timeout_seconds == 10.0
     assert connection.read_timeout_seconds == 60.0
+    # the quota: no shaping, retries of idempotent requests, no cache
+    assert connection.secondary_subscription_keys == ()
+    assert connection.rate_per_second is None
+    assert connection.burst == 1
+    assert connection.max_concurrent is None
+    assert connection.max_queue == 100
+    assert connection.max_wait_seconds == 10.0
+    assert connection.retries == RetrySettings(
+        count=2, deadline_seconds=30.0, backoff_seconds=0.5,
+        methods=("GET", "HEAD", "PUT", "DELETE", "OPTIONS"), statuses=(429, 502, 503, 504),
+    )
+    assert connection.cache is None
 
 
 def test_the_example_config_parses() -> None:
@@ -180,6 +200,54 @@ def conn(settings: Settings) -> Any:
             lambda s: conn(s).connect_timeout_seconds,
             3.0,
             id="timeout-int-becomes-float",
+        ),
+        pytest.param(
+            {f"{C}.subscription_key": ["primary", "secondary", "primary"]},
+            lambda s: (conn(s).subscription_key, conn(s).secondary_subscription_keys,
+                       conn(s).subscription_keys),
+            (Secret("primary"), (Secret("secondary"),), (Secret("primary"), Secret("secondary"))),
+            id="keys-list-deduplicated",
+        ),
+        pytest.param(
+            {f"{C}.subscription_key": ["only"]},
+            lambda s: conn(s).subscription_keys,
+            (Secret("only"),),
+            id="keys-list-of-one",
+        ),
+        pytest.param(
+            {f"{C}.rate_per_second": 2.5, f"{C}.burst": 5, f"{C}.max_concurrent": 4,
+             f"{C}.max_queue": 0, f"{C}.max_wait_seconds": 0},
+            lambda s: (conn(s).rate_per_second, conn(s).burst, conn(s).max_concurrent,
+                       conn(s).max_queue, conn(s).max_wait_seconds),
+            (2.5, 5, 4, 0, 0.0),
+            id="shaping",
+        ),
+        pytest.param(
+            {f"{C}.retries": {"count": 0}},
+            lambda s: conn(s).retries,
+            RetrySettings(count=0),
+            id="retries-off",
+        ),
+        pytest.param(
+            {f"{C}.retries": {"count": 5, "deadline_seconds": 60, "backoff_seconds": 0.1,
+                              "methods": ["get", "POST", "GET"], "statuses": [503, 500]}},
+            lambda s: conn(s).retries,
+            RetrySettings(count=5, deadline_seconds=60.0, backoff_seconds=0.1,
+                          methods=("GET", "POST"), statuses=(503, 500)),
+            id="retries-all",
+        ),
+        pytest.param(
+            {f"{C}.cache": {"paths": ["/api/companies", "/api/companies/*/hourcodes"]}},
+            lambda s: conn(s).cache,
+            CacheSettings(paths=("/api/companies", "/api/companies/*/hourcodes")),
+            id="cache-defaults",
+        ),
+        pytest.param(
+            {f"{C}.cache": {"paths": ["/**"], "ttl_seconds": 5, "max_entries": 10,
+                            "max_body_bytes": 4096}},
+            lambda s: conn(s).cache,
+            CacheSettings(paths=("/**",), ttl_seconds=5.0, max_entries=10, max_body_bytes=4096),
+            id="cache-all",
         ),
         pytest.param(
             {"connections.acme": {**CONNECTION, "prefix": "/acme/"}},
@@ -344,7 +412,7 @@ RULES = [
     ),
     (
         {f"{C}.subscription_key": {"a": 1}},
-        [f"{C}.subscription_key: expected a string, got a table"],
+        [f"{C}.subscription_key: expected a string or an array of strings, got a table"],
         "subscription-key-table",
     ),
     (
@@ -511,6 +579,107 @@ RULES = [
         {f"{C}.read_timeout_seconds": float("inf")},
         [f"{C}.read_timeout_seconds: must be a finite number"],
         "read-timeout-inf",
+    ),
+    # subscription keys
+    ({f"{C}.subscription_key": []}, [f"{C}.subscription_key: must not be empty"], "keys-empty"),
+    (
+        {f"{C}.subscription_key": ["a", 5, ""]},
+        [
+            f"{C}.subscription_key[1]: expected a string, got an integer",
+            f"{C}.subscription_key[2]: must not be empty",
+        ],
+        "keys-items",
+    ),
+    (
+        {f"{C}.subscription_key": ["env:NOPE"]},
+        [f"{C}.subscription_key[0]: environment variable NOPE is not set"],
+        "keys-reference",
+    ),
+    # shaping
+    (
+        {f"{C}.rate_per_second": 0},
+        [f"{C}.rate_per_second: must be greater than 0"],
+        "rate-zero",
+    ),
+    (
+        {f"{C}.rate_per_second": "5"},
+        [f"{C}.rate_per_second: expected a number, got a string"],
+        "rate-string",
+    ),
+    ({f"{C}.rate_per_second": 5, f"{C}.burst": 0}, [f"{C}.burst: must be at least 1"], "burst-0"),
+    ({f"{C}.rate_per_second": 5, f"{C}.burst": 1.5},
+     [f"{C}.burst: expected an integer, got a float"], "burst-float"),
+    ({f"{C}.burst": 3}, [f"{C}.burst: has no effect without rate_per_second"], "burst-alone"),
+    (
+        {f"{C}.rate_per_second": -1, f"{C}.burst": 3},
+        [f"{C}.rate_per_second: must be greater than 0"],
+        "burst-with-bad-rate-says-nothing-more",
+    ),
+    ({f"{C}.max_concurrent": 0}, [f"{C}.max_concurrent: must be at least 1"], "concurrent-0"),
+    ({f"{C}.max_queue": -1}, [f"{C}.max_queue: must be at least 0"], "queue-negative"),
+    (
+        {f"{C}.max_wait_seconds": -1},
+        [f"{C}.max_wait_seconds: must be at least 0"],
+        "max-wait-negative",
+    ),
+    # retries
+    ({f"{C}.retries": 3}, [f"{C}.retries: expected a table, got an integer"], "retries-int"),
+    ({f"{C}.retries.count": -1}, [f"{C}.retries.count: must be at least 0"], "retries-count"),
+    (
+        {f"{C}.retries.deadline_seconds": 0},
+        [f"{C}.retries.deadline_seconds: must be greater than 0"],
+        "retries-deadline",
+    ),
+    (
+        {f"{C}.retries.backoff_seconds": 0},
+        [f"{C}.retries.backoff_seconds: must be greater than 0"],
+        "retries-backoff",
+    ),
+    (
+        {f"{C}.retries.methods": ["GET", "GE T", 1]},
+        [
+            f"{C}.retries.methods[1]: must be an HTTP method such as GET or PUT",
+            f"{C}.retries.methods[2]: expected a string, got an integer",
+        ],
+        "retries-methods",
+    ),
+    (
+        {f"{C}.retries.statuses": [429, 404, 600, "503"]},
+        [
+            f"{C}.retries.statuses[1]: must be 429 or a 5xx status",
+            f"{C}.retries.statuses[2]: must be 429 or a 5xx status",
+            f"{C}.retries.statuses[3]: expected an integer, got a string",
+        ],
+        "retries-statuses",
+    ),
+    (
+        {f"{C}.retries.tries": 2},
+        [f"{C}.retries.tries: unknown key"],
+        "retries-unknown",
+    ),
+    # cache
+    ({f"{C}.cache": True}, [f"{C}.cache: expected a table, got a boolean"], "cache-bool"),
+    ({f"{C}.cache": {}}, [f"{C}.cache.paths: required"], "cache-no-paths"),
+    ({f"{C}.cache.paths": []}, [f"{C}.cache.paths: must not be empty"], "cache-paths-empty"),
+    (
+        {f"{C}.cache.paths": ["api/x", "/a b", "/x?y"]},
+        [
+            f"{C}.cache.paths[0]: must start with '/'",
+            f"{C}.cache.paths[1]: must be a path: no whitespace, '?' or '#'",
+            f"{C}.cache.paths[2]: must be a path: no whitespace, '?' or '#'",
+        ],
+        "cache-paths",
+    ),
+    (
+        {f"{C}.cache": {"paths": ["/**"], "ttl_seconds": 0, "max_entries": 0,
+                        "max_body_bytes": 0, "size": 1}},
+        [
+            f"{C}.cache.ttl_seconds: must be greater than 0",
+            f"{C}.cache.max_entries: must be at least 1",
+            f"{C}.cache.max_body_bytes: must be at least 1",
+            f"{C}.cache.size: unknown key",
+        ],
+        "cache-numbers",
     ),
 ]
 
