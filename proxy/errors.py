@@ -5,6 +5,7 @@ ProxyError
 ├── Unauthorized          401  no key, or a key the proxy does not know
 ├── Forbidden             403  the caller is known but may not do this
 ├── NoConnection          404  no connection serves this path
+├── TooManyRequests       429  the connection's request limit is reached (with Retry-After)
 ├── HeadersTooLarge       431  more header bytes or fields than the proxy accepts
 ├── ConsentRequired       503  the grant is gone: a person must link the account again
 ├── TokenUnavailable      503  no usable token right now (identity service unreachable, ...)
@@ -17,6 +18,7 @@ Bodies are RFC 9457 `application/problem+json`; `type` is stable, `detail` never
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -83,6 +85,20 @@ class NoConnection(ProxyError):
     title = "No connection serves this path"
 
 
+class TooManyRequests(ProxyError):
+    """RFC 6585 §4; `Retry-After` (RFC 9110 §10.2.3) says when a retry should get through."""
+
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests for this connection"
+
+    def __init__(self, detail: str, *, connection: str | None = None, retry_after: float) -> None:
+        self.retry_after = max(1, math.ceil(retry_after))
+        super().__init__(
+            detail, connection=connection, headers={"Retry-After": str(self.retry_after)}
+        )
+
+
 class HeadersTooLarge(ProxyError):
     status = 431
     slug = "headers-too-large"
@@ -106,8 +122,16 @@ class BadGateway(ProxyError, ConnectionError):
     slug = "bad-gateway"
     title = "The upstream could not be reached"
 
+    def __init__(self, detail: str, *, connection: str | None = None, unsent: bool = False) -> None:
+        super().__init__(detail, connection=connection)
+        self.unsent = unsent  # True: no byte of the request left, so it may be sent again
+
 
 class GatewayTimeout(ProxyError, TimeoutError):
     status = 504
     slug = "gateway-timeout"
     title = "The upstream did not answer in time"
+
+    def __init__(self, detail: str, *, connection: str | None = None, unsent: bool = False) -> None:
+        super().__init__(detail, connection=connection)
+        self.unsent = unsent  # True: the connection was never opened
