@@ -1,0 +1,179 @@
+"""Outbound shaping for one connection: how fast, how many at once, and when to hold back.
+
+Every request to the upstream passes `Shaper.admit()`, which hands out a `Permit` once
+
+1. a slot among `max_concurrent` upstream requests is free (FIFO), then
+2. the connection is not paused (an upstream 429 paused it: see `pause`), then
+3. the token bucket (`rate_per_second`, `burst`) lets it go.
+
+Waiting is bounded twice: at most `max_queue` requests wait at once, and none waits longer
+than `max_wait_seconds`. A request that would break either bound is refused at once with
+`TooManyRequests` (the proxy's own 429, with `Retry-After`), so queues never grow without end.
+
+The bucket is GCRA, the "virtual scheduling" form of a token bucket (ITU-T I.371): each admitted
+request moves a theoretical arrival time one interval on, which gives the exact moment the next
+request may go. A request therefore knows its wait when it arrives, and a request that would
+wait too long is refused before it waits at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from proxy.errors import TooManyRequests
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class TokenBucket:
+    """`rate` requests per second on average, at most `burst` at one instant. Pure: no clock."""
+
+    rate: float
+    burst: int = 1
+    _tat: float = field(default=-math.inf, repr=False)  # theoretical arrival time
+
+    def delay(self, now: float) -> float:
+        """Seconds from `now` until one request may go."""
+        tolerance = (self.burst - 1) / self.rate
+        return max(0.0, self._tat - tolerance - now)
+
+    def take(self, at: float) -> None:
+        """One request goes at `at`, which must be no earlier than `now + delay(now)`."""
+        self._tat = max(self._tat, at) + 1 / self.rate
+
+
+@dataclass
+class ShaperCounters:
+    throttled: int = 0  # requests the proxy answered 429 itself
+    delayed: int = 0  # requests that waited before going upstream
+    pauses: int = 0  # connection-wide pauses begun after an upstream 429
+
+
+class Permit:
+    """One admitted request: holds a concurrency slot until released (idempotent)."""
+
+    __slots__ = ("_release",)
+
+    def __init__(self, release: Callable[[], None] | None = None) -> None:
+        self._release = release
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+
+class Shaper:
+    def __init__(
+        self,
+        connection: str,
+        *,
+        rate_per_second: float | None = None,
+        burst: int = 1,
+        max_concurrent: int | None = None,
+        max_queue: int = 100,
+        max_wait_seconds: float = 10.0,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.connection = connection
+        self._bucket = None if rate_per_second is None else TokenBucket(rate_per_second, burst)
+        self._slots = None if max_concurrent is None else asyncio.Semaphore(max_concurrent)
+        self._max_queue = max_queue
+        self._max_wait = max_wait_seconds
+        self._clock = clock
+        self._sleep = sleep
+        self._paused_until = -math.inf
+        self.waiting = 0
+        self.counters = ShaperCounters()
+
+    def __repr__(self) -> str:
+        return f"Shaper({self.connection!r}, waiting={self.waiting})"
+
+    def paused_for(self) -> float:
+        """Seconds left in the current pause (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    def pause(self, seconds: float) -> None:
+        """Hold back every request of the connection for `seconds` (extends, never shortens)."""
+        until = self._clock() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            self.counters.pauses += 1
+            log.warning(
+                "connection %s: the upstream asked to slow down; pausing for %.1fs",
+                self.connection,
+                seconds,
+            )
+
+    async def admit(self) -> Permit:
+        arrived = self._clock()
+        deadline = arrived + self._max_wait
+        if self.waiting >= self._max_queue:
+            wait = max(self.paused_for(), self._bucket.delay(arrived) if self._bucket else 0.0)
+            raise self._refuse(f"{self.waiting} requests are waiting already", wait)
+        self.waiting += 1
+        try:
+            permit, queued = await self._slot(deadline)
+            try:
+                slept = await self._schedule(deadline)
+            except BaseException:
+                permit.release()
+                raise
+        finally:
+            self.waiting -= 1
+        if queued or slept:
+            self.counters.delayed += 1
+        return permit
+
+    async def _slot(self, deadline: float) -> tuple[Permit, bool]:
+        """A concurrency slot, and whether this request had to wait for it."""
+        slots = self._slots
+        if slots is None:
+            return Permit(), False
+        queued = slots.locked()
+        if not queued:
+            await slots.acquire()  # free: returns at once
+        else:
+            try:
+                await asyncio.wait_for(slots.acquire(), max(0.0, deadline - self._clock()))
+            except TimeoutError:
+                raise self._refuse("every upstream slot stayed busy", 1.0) from None
+        return Permit(slots.release), queued
+
+    async def _schedule(self, deadline: float) -> bool:
+        """Sleep until the pause is over and the bucket lets this request go; True if it slept."""
+        slept = False
+        while True:
+            now = self._clock()
+            at = max(now, self._paused_until)
+            if self._bucket is not None:
+                at += self._bucket.delay(at)
+            if at > deadline:
+                raise self._refuse(f"it would wait {at - now:.1f}s", at - now)
+            if self._bucket is not None:
+                self._bucket.take(at)
+            if at > now:
+                slept = True
+                await self._sleep(at - now)
+            if self._paused_until <= at:
+                return slept
+            # A pause began while this request slept: its slot is void, it queues again.
+
+    def _refuse(self, why: str, wait: float) -> TooManyRequests:
+        self.counters.throttled += 1
+        log.info("connection %s: refused a request with 429 (%s)", self.connection, why)
+        return TooManyRequests(
+            f"connection {self.connection!r} is at its request limit ({why})",
+            connection=self.connection,
+            retry_after=wait,
+        )
