@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
+from cachetools import TTLCache
 
 from proxy.oauth.protocol import (
     Endpoints,
@@ -24,8 +27,12 @@ from proxy.oauth.protocol import (
 from proxy.secret import Secret
 from proxy.tokens.model import TokenSet
 
+log = logging.getLogger(__name__)
+
 Clock = Callable[[], float]
 _FORM = "application/x-www-form-urlencoded"
+# How long a discovery document is used before it is read again.
+DISCOVERY_TTL_SECONDS: Final = 3600.0
 
 
 class Grant(Protocol):
@@ -39,26 +46,54 @@ class Grant(Protocol):
 
 
 class Discovery:
-    """The issuer's endpoints, fetched once and fetched again after a failure."""
+    """The issuer's endpoints, kept for `ttl` seconds and fetched again after a failure.
+
+    When a fetch fails, the last good document serves on (the next call tries again), so a
+    blip at the identity service does not stop token refreshes. `invalidate()` drops the cached
+    copy: the grant calls it when the token endpoint could not be reached or was not found.
+    """
 
     def __init__(
-        self, session: aiohttp.ClientSession, issuer: str, *, timeout: aiohttp.ClientTimeout
+        self,
+        session: aiohttp.ClientSession,
+        issuer: str,
+        *,
+        timeout: aiohttp.ClientTimeout,
+        clock: Clock = time.time,
+        ttl: float = DISCOVERY_TTL_SECONDS,
     ) -> None:
         self._session = session
         self._issuer = issuer
         self._timeout = timeout
-        self._endpoints: Endpoints | None = None
+        self._cached: TTLCache[str, Endpoints] = TTLCache(maxsize=1, ttl=ttl, timer=clock)
+        self._last_good: Endpoints | None = None
         self._lock = asyncio.Lock()
+        self.fetches = 0
 
     async def endpoints(self) -> Endpoints:
-        if self._endpoints is not None:
-            return self._endpoints
+        endpoints = self._cached.get(self._issuer)
+        if endpoints is not None:
+            return endpoints
         async with self._lock:
-            if self._endpoints is None:
-                self._endpoints = await self._fetch()
-            return self._endpoints
+            endpoints = self._cached.get(self._issuer)
+            if endpoints is not None:
+                return endpoints
+            try:
+                endpoints = await self._fetch()
+            except GrantError as exc:
+                if self._last_good is None:
+                    raise
+                log.warning("discovery of %s failed (%s); using the last document",
+                            self._issuer, exc.description)
+                return self._last_good
+            self._cached[self._issuer] = self._last_good = endpoints
+            return endpoints
+
+    def invalidate(self) -> None:
+        self._cached.clear()
 
     async def _fetch(self) -> Endpoints:
+        self.fetches += 1
         url = f"{self._issuer}/.well-known/openid-configuration"
         try:
             async with self._session.get(
@@ -142,15 +177,21 @@ class AuthorizationCodeGrant:
     async def _token_request(self, form: dict[str, str], *, previous: TokenSet | None) -> TokenSet:
         endpoints = await self.discovery.endpoints()
         requested_at = self._clock()
-        status, body = await post_form(
-            self._session,
-            endpoints.token,
-            form,
-            client_id=self.client_id,
-            client_secret=self._client_secret,
-            timeout=self._timeout,
-        )
+        try:
+            status, body = await post_form(
+                self._session,
+                endpoints.token,
+                form,
+                client_id=self.client_id,
+                client_secret=self._client_secret,
+                timeout=self._timeout,
+            )
+        except GrantError:
+            self.discovery.invalidate()  # the endpoint may have moved: read the document again
+            raise
         if status != 200:
+            if status == 404:
+                self.discovery.invalidate()
             raise parse_token_error(status, body)
         return parse_token_response(
             body, requested_at=requested_at, previous=previous, requested_scopes=self.scopes
