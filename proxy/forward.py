@@ -1,38 +1,37 @@
 """The catch-all handler: one client request becomes one upstream request, streamed both ways.
 
 The client's request target goes upstream byte for byte with its prefix stripped; bodies are
-never buffered whole, except a small one that is kept so that a request rejected with 401 can be
-replayed once after a forced token refresh.
+never buffered whole, except a small one that is kept so that a request can be sent again: after
+a 401 (proxy.exchange) or a retryable answer (proxy.retry). Only answers the response cache
+stores (proxy.cache) are read whole before they are sent on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from proxy.cache import Plan, ResponseCache, invalidates, served_headers
 from proxy.connection import Connection
 from proxy.errors import BadGateway, GatewayTimeout, NoConnection
+from proxy.exchange import Answer, Send, exchange, read_head
 from proxy.headers import client_response_headers, upstream_request_headers
 from proxy.routing import match_prefix, split_target, upstream_url
 from proxy.state import PROXY_STATE
 
 log = logging.getLogger(__name__)
 
-# A body up to this size is read before sending, so a 401 can be replayed with it.
+# A body up to this size is read before sending, so that it can be sent again.
 REPLAYABLE_BODY_LIMIT: Final = 64 * 1024
 CHUNK_SIZE: Final = 64 * 1024
 
 Body = bytes | aiohttp.StreamReader | None
-
-
-def _rejects_token(response: aiohttp.ClientResponse) -> bool:
-    """RFC 6750 §3: the API (not a gateway) refused the token itself."""
-    challenge = response.headers.get("WWW-Authenticate", "")
-    return response.status == 401 and challenge.lower().startswith("bearer")
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -53,26 +52,75 @@ async def forward(request: web.Request) -> web.StreamResponse:
         else:
             body = request.content
 
-    token = await connection.manager.bearer()
-    upstream = await _send(request, connection, url, body, token)
-    if _rejects_token(upstream):
-        if isinstance(body, aiohttp.StreamReader):
-            # The body is gone; the client gets the 401, the next request a fresh token.
-            connection.manager.refresh_after_rejection_soon(token)
-        else:
-            upstream.release()
-            log.info("upstream rejected the token of %s; refreshing once", connection.name)
-            token = await connection.manager.after_rejection(token)
-            upstream = await _send(request, connection, url, body, token)
     public_base = f"{request.scheme}://{request.host}{prefix.rstrip('/')}"
+    send = functools.partial(_send, request, connection, url, body)
+    replayable = not isinstance(body, aiohttp.StreamReader)
+    target = upstream_url("", prefix, raw_target)  # path and query below the upstream's base
+    cache = connection.cache
+    if cache is not None:
+        plan = cache.plan(request.method, target, request.headers, has_body=request.body_exists)
+        if plan is not None:
+            return await _through_cache(
+                request, connection=connection, cache=cache, plan=plan, send=send,
+                public_base=public_base,
+            )
+    answer = await exchange(connection, request.method, send, replayable=replayable)
+    if cache is not None and invalidates(request.method, answer.response.status):
+        cache.invalidate(split_target(target)[0])
     try:
-        return await _relay(request, upstream, connection.settings.upstream, public_base)
+        return await _relay(request, answer.response, connection.settings.upstream, public_base,
+                            head=answer.head)
     finally:
-        upstream.release()
+        answer.release()
+
+
+async def _through_cache(
+    request: web.Request,
+    *,
+    connection: Connection,
+    cache: ResponseCache,
+    plan: Plan,
+    send: Send,
+    public_base: str,
+) -> web.StreamResponse:
+    """A GET the cache may answer: a hit, the entry a concurrent miss fetched, or a miss."""
+    upstream_base = connection.settings.upstream
+    entry = await cache.lookup(plan)
+    if entry is None:
+        answer: Answer | None = None
+        try:
+            answer = await exchange(connection, request.method, send, replayable=True)
+            upstream = answer.response
+            ttl = cache.storable(plan, upstream.status, upstream.headers)
+            if ttl is not None and not answer.head:
+                limit = cache.settings.max_body_bytes
+                answer.head, complete = await read_head(connection, answer, limit)
+                if complete:
+                    entry = cache.store(plan, upstream.status, upstream.headers, answer.head, ttl)
+            if entry is None:
+                cache.done(plan)  # waiters fetch on their own while this answer streams
+                return await _relay(request, upstream, upstream_base, public_base,
+                                    head=answer.head, extra_headers={"X-Cache": "MISS"})
+        finally:
+            cache.done(plan)
+            if answer is not None:
+                answer.release()
+        outcome = "MISS"
+    else:
+        outcome = "HIT"
+    headers = client_response_headers(
+        entry.headers, upstream_base=upstream_base, public_base=public_base
+    )
+    headers.update(served_headers(entry, cache.now(), outcome))
+    return web.Response(status=entry.status, headers=headers, body=entry.body)
 
 
 async def _send(
-    request: web.Request, connection: Connection, url: URL, body: Body, token: str
+    request: web.Request,
+    connection: Connection,
+    url: URL,
+    body: Body,
+    credentials: Mapping[str, str],
 ) -> aiohttp.ClientResponse:
     session = request.app[PROXY_STATE].session
     headers = upstream_request_headers(
@@ -80,7 +128,7 @@ async def _send(
         client_address=request.remote,
         scheme=request.scheme,
         host=request.host,
-        credentials=connection.credentials(token),
+        credentials=credentials,
         defaults=connection.default_headers,
     )
     try:
@@ -93,31 +141,40 @@ async def _send(
             timeout=connection.timeout,
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
         )
-    except TimeoutError:
+    except TimeoutError as exc:
         raise GatewayTimeout(
             f"the upstream of connection {connection.name!r} did not answer in time",
             connection=connection.name,
+            unsent=isinstance(exc, aiohttp.ConnectionTimeoutError),
         ) from None
     except aiohttp.ClientError as exc:
         raise BadGateway(
             f"the upstream of connection {connection.name!r} could not be reached "
             f"({type(exc).__name__})",
             connection=connection.name,
+            unsent=isinstance(exc, aiohttp.ClientConnectorError),
         ) from None
 
 
 async def _relay(
-    request: web.Request, upstream: aiohttp.ClientResponse, upstream_base: str, public_base: str
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    upstream_base: str,
+    public_base: str,
+    *,
+    head: bytes = b"",
+    extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(
-        status=upstream.status,
-        reason=upstream.reason,
-        headers=client_response_headers(
-            upstream.headers, upstream_base=upstream_base, public_base=public_base
-        ),
+    """Stream the answer to the client; `head` is the start of its body, read already."""
+    headers = client_response_headers(
+        upstream.headers, upstream_base=upstream_base, public_base=public_base
     )
+    headers.update(extra_headers or {})
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
     try:
+        if head:
+            await response.write(head)
         async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
             await response.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:

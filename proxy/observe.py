@@ -21,6 +21,7 @@ async def readyz(request: web.Request) -> web.Response:
             "state": status.state.value,
             "needs_consent": status.needs_consent,
             "last_error": status.last_error,
+            "quota": connection.quota_stats(),
         }
     ready = all(c["ready"] for c in connections.values())
     return web.json_response(

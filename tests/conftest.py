@@ -49,6 +49,14 @@ def no_sandbox_secret_in_any_log_line() -> Iterator[LogCapture]:
 
 
 SUBSCRIPTION_KEY = "sub-key-for-tests"
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for something another task does; bounded, so a bug fails instead of hanging."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.01)
 GZIPPED = gzip.compress(b'{"compressed": true}' * 50)
 
 
@@ -116,7 +124,10 @@ class RecordingUpstream:
     async def download(self, request: web.Request) -> web.StreamResponse:
         size = int(request.match_info["size"])
         response = web.StreamResponse()
-        response.content_length = size
+        if "chunked" in request.query:
+            response.enable_chunked_encoding()  # no Content-Length: the size shows at the end
+        else:
+            response.content_length = size
         await response.prepare(request)
         chunk = b"x" * (64 * 1024)
         left = size
@@ -269,8 +280,8 @@ async def start_running_sandbox(**settings: Any) -> tuple[RunningSandbox, TestSe
     client = SandboxClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                            redirect_uris=("http://127.0.0.1:8080/_proxy/callback",),
                            allowed_scopes=frozenset(SCOPES))
-    sandbox = Sandbox(SandboxSettings(clients=(client,), subscription_keys=frozenset({DEMO_KEY}),
-                                      **settings))
+    settings.setdefault("subscription_keys", frozenset({DEMO_KEY}))
+    sandbox = Sandbox(SandboxSettings(clients=(client,), **settings))
     server = TestServer(sandbox.app(), host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -14,14 +14,7 @@ import pytest
 from proxy.state import PROXY_STATE
 from proxy.tokens.model import TokenState
 from proxy.tokens.store import FileStore
-from tests.conftest import ProxyFactory, RunningSandbox, start_running_sandbox
-
-
-async def _until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out waiting for a condition"
-        await asyncio.sleep(0.01)
+from tests.conftest import ProxyFactory, RunningSandbox, start_running_sandbox, until
 
 
 @pytest.fixture
@@ -53,14 +46,14 @@ async def test_the_token_is_renewed_ahead_of_expiry_while_requests_keep_flowing(
     first = short_lived.tokens()
     proxy = await make_proxy(short_lived.connection(), tokens={"nmbrs": first})
     short_lived.sandbox.token_gate.clear()  # the refresh will hang at the identity service
-    await _until(lambda: _refreshes(short_lived) == 1)  # the background refresher started it
+    await until(lambda: _refreshes(short_lived) == 1)  # the background refresher started it
     # While the refresh is in flight, requests are served with the current token.
     statuses = [(await proxy.get("/api/companies")).status for _ in range(20)]
     assert statuses == [200] * 20
     assert short_lived.sandbox.stats.token_requests.total() == 1
     short_lived.sandbox.token_gate.set()
     manager = proxy.app[PROXY_STATE].connections["nmbrs"].manager
-    await _until(lambda: manager.tokens is not None
+    await until(lambda: manager.tokens is not None
                  and manager.tokens.access_token != first.access_token)
     response = await proxy.get("/api/companies")
     assert response.status == 200
@@ -90,7 +83,7 @@ async def test_five_hundred_concurrent_requests_at_expiry_share_one_token_call(
         assert runner is not None
         assert runner.server is not None
         server = runner.server
-        await _until(lambda: len(server.connections) >= 500)  # all 500 are in, all waiting
+        await until(lambda: len(server.connections) >= 500)  # all 500 are in, all waiting
         await asyncio.sleep(0.1)
         assert _refreshes(nmbrs) == 1
         nmbrs.sandbox.token_gate.set()
@@ -126,9 +119,9 @@ async def test_a_401_on_a_streamed_body_goes_back_and_the_next_request_works(
     response = await proxy.put("/api/employees/x/personalInfo",
                                data=io.BytesIO(b"{" + b" " * 100_000 + b"}"))
     assert response.status == 401  # the body was streamed: it cannot be sent again
-    await _until(lambda: _refreshes(nmbrs) == 1)
+    await until(lambda: _refreshes(nmbrs) == 1)
     manager = proxy.app[PROXY_STATE].connections["nmbrs"].manager
-    await _until(lambda: manager.refresh_count == 1)
+    await until(lambda: manager.refresh_count == 1)
     assert (await proxy.get("/api/companies")).status == 200
 
 
@@ -196,7 +189,7 @@ async def test_an_unreachable_identity_service_does_not_stop_a_valid_token(
     proxy = await make_proxy(short_lived.connection(issuer="http://127.0.0.1:9"),
                              tokens={"nmbrs": short_lived.tokens()})
     manager = proxy.app[PROXY_STATE].connections["nmbrs"].manager
-    await _until(lambda: manager.status().last_error is not None)  # the refresh failed
+    await until(lambda: manager.status().last_error is not None)  # the refresh failed
     assert (await proxy.get("/api/companies")).status == 200  # the current token still serves
     assert (await proxy.get("/_proxy/readyz")).status == 200
     assert manager.status().needs_consent is False

@@ -264,10 +264,8 @@ def _shown(text: str, *, hide: tuple[str, ...] = ()) -> str:
 
 def _secret_values(connection: Connection) -> tuple[str, ...]:
     settings = connection.settings
-    values = [settings.client_secret.reveal()]
-    if settings.subscription_key is not None:
-        values.append(settings.subscription_key.reveal())
-    return tuple(values)
+    keys = settings.subscription_keys
+    return (settings.client_secret.reveal(), *(key.reveal() for key in keys))
 
 
 # --- handlers -------------------------------------------------------------------------------
