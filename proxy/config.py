@@ -85,7 +85,7 @@ class CacheSettings:
     paths: tuple[str, ...]  # patterns of upstream paths: "*" within a segment, "**" across
     ttl_seconds: float = 30.0
     max_entries: int = 1000
-    max_body_bytes: int = 1024 * 1024
+    max_body_bytes: int = 256 * 1024
 
 
 @dataclass(frozen=True)

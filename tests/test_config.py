@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
 import tomllib
 from collections.abc import Mapping
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from proxy.config import (
+    _CONNECTION_KEYS,
     CacheSettings,
     ConfigError,
     RetrySettings,
@@ -111,6 +113,32 @@ def test_the_example_config_parses() -> None:
     assert connection.client_id == "value-of-NMBRS_CLIENT_ID"
     assert connection.client_secret == Secret("value-of-NMBRS_CLIENT_SECRET")
     assert connection.scopes == ("offline_access", "company.info.read", "employee.info.read")
+    assert connection.retries == RetrySettings()  # the example shows the defaults
+    assert (connection.max_queue, connection.max_wait_seconds) == (100, 10.0)
+
+
+def test_the_readme_documents_every_connection_key() -> None:
+    readme = (EXAMPLE.parent / "README.md").read_text(encoding="utf-8")
+    keys = [*_CONNECTION_KEYS, "provider"]
+    keys += [f"retries.{f.name}" for f in dataclasses.fields(RetrySettings)]
+    keys += [f"cache.{f.name}" for f in dataclasses.fields(CacheSettings)]
+    missing = [key for key in keys if f"`connections.NAME.{key}`" not in readme]
+    missing = [key for key in missing if key not in {"client_id", "client_secret"}]  # one row
+    assert "`connections.NAME.client_id` / `client_secret`" in readme
+    assert missing == []
+
+
+def test_the_commented_out_cache_example_parses(tmp_path: Path) -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+    block = text[text.index("# [connections.nmbrs.cache]"):]
+    uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines()
+                            if re.match(r"# (\[connections|[a-z_]+ = )", line))
+    data = tomllib.loads(uncommented)
+    cache = data["connections"]["nmbrs"]["cache"]
+    settings = parse(config({f"{C}.cache": cache}), base_dir=tmp_path, environ={})
+    assert conn(settings).cache == CacheSettings(
+        paths=("/api/companies", "/api/companies/*/hourcodes")
+    )
 
 
 def test_the_example_documents_every_key() -> None:
@@ -120,8 +148,15 @@ def test_the_example_documents_every_key() -> None:
     assert connection_keys == {
         "provider", "prefix", "upstream", "subscription_key", "issuer", "client_id",
         "client_secret", "redirect_uri", "scopes", "refresh_margin_seconds",
-        "connect_timeout_seconds", "read_timeout_seconds",
+        "connect_timeout_seconds", "read_timeout_seconds", "max_queue", "max_wait_seconds",
+        "retries",
     }  # fmt: skip
+    assert set(data["connections"]["nmbrs"]["retries"]) == {
+        "count", "deadline_seconds", "backoff_seconds", "methods", "statuses",
+    }  # fmt: skip
+    for optional in ("rate_per_second", "burst", "max_concurrent", "[connections.nmbrs.cache]",
+                     "paths", "ttl_seconds", "max_entries", "max_body_bytes"):
+        assert f"# {optional}" in text, optional  # documented, shown commented out
     assert '# secret = "env:NMBRS_PROXY_SESSION_SECRET"' in text  # optional, shown commented out
 
 
