@@ -3,17 +3,18 @@
 Every request to the upstream passes `Shaper.admit()`, which hands out a `Permit` once
 
 1. a slot among `max_concurrent` upstream requests is free (FIFO), then
-2. the connection is not paused (an upstream 429 paused it: see `pause`), then
-3. the token bucket (`rate_per_second`, `burst`) lets it go.
+2. it is at the head of the line, the connection is not paused (an upstream 429 paused it: see
+   `pause`), and the token bucket (`rate_per_second`, `burst`) lets it go.
 
 Waiting is bounded twice: at most `max_queue` requests wait at once, and none waits longer
-than `max_wait_seconds`. A request that would break either bound is refused at once with
+than `max_wait_seconds`. A request that would break either bound is refused with
 `TooManyRequests` (the proxy's own 429, with `Retry-After`), so queues never grow without end.
 
-The bucket is GCRA, the "virtual scheduling" form of a token bucket (ITU-T I.371): each admitted
-request moves a theoretical arrival time one interval on, which gives the exact moment the next
-request may go. A request therefore knows its wait when it arrives, and a request that would
-wait too long is refused before it waits at all.
+The bucket is GCRA, the "virtual scheduling" form of a token bucket (ITU-T I.371): a theoretical
+arrival time moves one interval on per request, so the wait of the n-th request in line is
+known when it arrives, and one that would wait too long is refused before it waits at all. The
+token itself is taken by the head of the line at the moment it goes, never reserved ahead: when
+the event loop stalls, late requests still leave one interval apart instead of all at once.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ class TokenBucket:
     burst: int = 1
     _tat: float = field(default=-math.inf, repr=False)  # theoretical arrival time
 
-    def delay(self, now: float) -> float:
-        """Seconds from `now` until one request may go."""
+    def delay(self, now: float, ahead: int = 0) -> float:
+        """Seconds from `now` until a request may go after `ahead` others have gone first."""
         tolerance = (self.burst - 1) / self.rate
-        return max(0.0, self._tat - tolerance - now)
+        return max(0.0, max(self._tat, now) + ahead / self.rate - tolerance - now)
 
-    def take(self, at: float) -> None:
-        """One request goes at `at`, which must be no earlier than `now + delay(now)`."""
-        self._tat = max(self._tat, at) + 1 / self.rate
+    def take(self, now: float) -> None:
+        """One request goes at `now` (when `delay(now)` is 0)."""
+        self._tat = max(self._tat, now) + 1 / self.rate
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Shaper:
         self._clock = clock
         self._sleep = sleep
         self._paused_until = -math.inf
+        self._line = asyncio.Lock()  # FIFO; its holder waits for the pause and the bucket
+        self._in_line = 0
         self.waiting = 0
         self.counters = ShaperCounters()
 
@@ -116,24 +119,29 @@ class Shaper:
             )
 
     async def admit(self) -> Permit:
-        arrived = self._clock()
-        deadline = arrived + self._max_wait
+        deadline = self._clock() + self._max_wait
         if self.waiting >= self._max_queue:
-            wait = max(self.paused_for(), self._bucket.delay(arrived) if self._bucket else 0.0)
-            raise self._refuse(f"{self.waiting} requests are waiting already", wait)
+            raise self._refuse(f"{self.waiting} requests are waiting already",
+                               self._expected_wait(self._clock()))
         self.waiting += 1
         try:
             permit, queued = await self._slot(deadline)
             try:
-                slept = await self._schedule(deadline)
+                lined_up = await self._wait_in_line(deadline)
             except BaseException:
                 permit.release()
                 raise
         finally:
             self.waiting -= 1
-        if queued or slept:
+        if queued or lined_up:
             self.counters.delayed += 1
         return permit
+
+    def _expected_wait(self, now: float) -> float:
+        """How long a request arriving now would wait for the pause and the bucket."""
+        start = max(now, self._paused_until)
+        bucket = 0.0 if self._bucket is None else self._bucket.delay(start, self._in_line)
+        return start - now + bucket
 
     async def _slot(self, deadline: float) -> tuple[Permit, bool]:
         """A concurrency slot, and whether this request had to wait for it."""
@@ -141,33 +149,51 @@ class Shaper:
         if slots is None:
             return Permit(), False
         queued = slots.locked()
-        if not queued:
-            await slots.acquire()  # free: returns at once
-        else:
-            try:
-                await asyncio.wait_for(slots.acquire(), max(0.0, deadline - self._clock()))
-            except TimeoutError:
-                raise self._refuse("every upstream slot stayed busy", 1.0) from None
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await slots.acquire()
+        except TimeoutError:
+            raise self._refuse("every upstream slot stayed busy", 1.0) from None
         return Permit(slots.release), queued
 
-    async def _schedule(self, deadline: float) -> bool:
-        """Sleep until the pause is over and the bucket lets this request go; True if it slept."""
-        slept = False
+    async def _wait_in_line(self, deadline: float) -> bool:
+        """Go when the pause is over and the bucket has a token; True if this request waited."""
+        now = self._clock()
+        if self._in_line == 0 and not self._line.locked() and self._expected_wait(now) == 0:
+            if self._bucket is not None:
+                self._bucket.take(now)
+            return False
+        wait = self._expected_wait(now)
+        if now + wait > deadline:
+            raise self._refuse(f"it would wait {wait:.1f}s", wait)
+        self._in_line += 1
+        try:
+            try:
+                async with asyncio.timeout(max(0.0, deadline - now)):
+                    await self._line.acquire()
+            except TimeoutError:
+                raise self._refuse("the line did not move in time", 1.0) from None
+            try:
+                await self._at_the_head(deadline)
+            finally:
+                self._line.release()
+        finally:
+            self._in_line -= 1
+        return True
+
+    async def _at_the_head(self, deadline: float) -> None:
         while True:
             now = self._clock()
             at = max(now, self._paused_until)
             if self._bucket is not None:
                 at += self._bucket.delay(at)
-            if at > deadline:
-                raise self._refuse(f"it would wait {at - now:.1f}s", at - now)
-            if self._bucket is not None:
-                self._bucket.take(at)
-            if at > now:
-                slept = True
-                await self._sleep(at - now)
-            if self._paused_until <= at:
-                return slept
-            # A pause began while this request slept: its slot is void, it queues again.
+            if at <= now:
+                break
+            if at > deadline:  # a pause began, or the loop stalled, after this one lined up
+                raise self._refuse(f"it would wait {at - now:.1f}s more", at - now)
+            await self._sleep(at - now)
+        if self._bucket is not None:
+            self._bucket.take(now)
 
     def _refuse(self, why: str, wait: float) -> TooManyRequests:
         self.counters.throttled += 1

@@ -88,6 +88,33 @@ async def test_rate_spaces_requests_and_counts_the_delayed() -> None:
     assert gate.counters.throttled == 0
 
 
+async def test_a_stalled_loop_does_not_let_the_late_requests_go_together() -> None:
+    clock = SleepingClock()
+    gate = shaper(clock, rate_per_second=10, burst=1)
+    admitted: list[float] = []
+
+    async def one() -> None:
+        (await gate.admit()).release()
+        admitted.append(round(clock.now - 1000.0, 9))
+
+    await one()
+    clock.during_sleep = lambda: clock.advance(1.0)  # the loop stalls for a second
+    await asyncio.gather(one(), one(), one())
+    # the three waited in line; the head woke a second late, the others still one tick apart
+    assert admitted == [0, 1.1, 1.2, 1.3]
+
+
+async def test_the_expected_wait_counts_the_requests_in_line() -> None:
+    gate = Shaper("nmbrs", rate_per_second=10, burst=1, max_wait_seconds=0.25)
+    first = asyncio.gather(*(gate.admit() for _ in range(3)))  # go at 0, 0.1 and 0.2
+    await settle()
+    with pytest.raises(TooManyRequests) as refused:
+        await gate.admit()  # fourth in line: 0.3 s
+    assert "it would wait 0.3s" in refused.value.detail
+    for permit in await first:
+        permit.release()
+
+
 async def test_a_request_that_would_wait_too_long_is_refused_at_once() -> None:
     clock = SleepingClock()
     gate = shaper(clock, rate_per_second=1, burst=1, max_wait_seconds=2.5)
