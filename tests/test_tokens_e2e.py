@@ -202,8 +202,8 @@ async def test_a_stale_token_with_a_dead_grant_does_not_hammer_the_identity_serv
     short_lived.sandbox.revoke_all_grants()  # access tokens still work; refreshes will fail
     proxy = await make_proxy(short_lived.connection(), tokens={"nmbrs": tokens})
     manager = proxy.app[PROXY_STATE].connections["nmbrs"].manager
-    await _until(lambda: manager.status().needs_consent)  # the refresher's attempt failed
-    await _until(lambda: manager.state() is TokenState.STALE)  # it ran a little early (jitter)
+    await until(lambda: manager.status().needs_consent)  # the refresher's attempt failed
+    await until(lambda: manager.state() is TokenState.STALE)  # it ran a little early (jitter)
     # The token is STALE but still valid: requests are served, and none retries the refresh.
     statuses = [(await proxy.get("/api/companies")).status for _ in range(20)]
     assert statuses == [200] * 20
