@@ -1,4 +1,4 @@
-"""The opt-in response cache for GET: rules (pure) and the store with shared misses (I/O-free).
+"""The opt-in response cache for GET: rules (pure) and the store with shared misses (no I/O).
 
 What may be served from the cache, and what may be stored (RFC 9111, for a shared cache):
 - only GET, only on a configured path pattern, only when the request has no body;
@@ -29,7 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-import aiohttp
 from cachetools import TLRUCache
 from multidict import CIMultiDict, MultiMapping
 
@@ -267,19 +266,3 @@ def served_headers(entry: Entry, now: float, outcome: str) -> dict[str, str]:
     if outcome == "HIT" or entry.age_at_store:
         fields["Age"] = str(entry.age(now))
     return fields
-
-
-async def read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
-    """The body if it is at most `limit` bytes (True), else what was read so far (False)."""
-    length = response.content_length
-    if length is not None and length > limit:
-        return b"", False
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.content.iter_any():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            return b"".join(chunks), False
-    return b"".join(chunks), True
-

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from proxy.cache import read_up_to
 from proxy.connection import Connection
 from proxy.credentials import (
     KEY_COMPLAINT_MAX_BYTES,
@@ -57,9 +56,21 @@ class Answer:
 
 
 async def read_head(connection: Connection, answer: Answer, limit: int) -> tuple[bytes, bool]:
-    """The answer's body if it is at most `limit` bytes (True), else its start (False)."""
+    """The answer's body if it is at most `limit` bytes (True), else what was read (False).
+
+    What was read must be sent to the client before the rest of the stream.
+    """
+    response = answer.response
+    if response.content_length is not None and response.content_length > limit:
+        return b"", False
+    chunks: list[bytes] = []
+    size = 0
     try:
-        return await read_up_to(answer.response, limit)
+        async for chunk in response.content.iter_any():
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"".join(chunks), False
     except TimeoutError:
         raise GatewayTimeout(
             f"the upstream of connection {connection.name!r} stopped sending its answer",
@@ -71,6 +82,7 @@ async def read_head(connection: Connection, answer: Answer, limit: int) -> tuple
             f"({type(exc).__name__})",
             connection=connection.name,
         ) from None
+    return b"".join(chunks), True
 
 
 class _Attempts:

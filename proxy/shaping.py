@@ -47,9 +47,17 @@ class TokenBucket:
         tolerance = (self.burst - 1) / self.rate
         return max(0.0, max(self._tat, now) + ahead / self.rate - tolerance - now)
 
-    def take(self, now: float) -> None:
-        """One request goes at `now` (when `delay(now)` is 0)."""
-        self._tat = max(self._tat, now) + 1 / self.rate
+    def take(self, now: float, due: float | None = None) -> None:
+        """One request goes at `now` (when `delay(now)` is 0); it was due at `due`, if it waited.
+
+        A timer fires a little late; counting from `due` when the lateness is under a tenth of
+        an interval keeps that from slowing the rate bit by bit. A longer delay (a stalled
+        event loop) counts from `now`, so late requests never go together.
+        """
+        interval = 1 / self.rate
+        if due is not None and 0 <= now - due <= interval / 10:
+            now = due
+        self._tat = max(self._tat, now) + interval
 
 
 @dataclass
@@ -182,6 +190,7 @@ class Shaper:
         return True
 
     async def _at_the_head(self, deadline: float) -> None:
+        due = None
         while True:
             now = self._clock()
             at = max(now, self._paused_until)
@@ -191,9 +200,10 @@ class Shaper:
                 break
             if at > deadline:  # a pause began, or the loop stalled, after this one lined up
                 raise self._refuse(f"it would wait {at - now:.1f}s more", at - now)
+            due = at
             await self._sleep(at - now)
         if self._bucket is not None:
-            self._bucket.take(now)
+            self._bucket.take(now, due)
 
     def _refuse(self, why: str, wait: float) -> TooManyRequests:
         self.counters.throttled += 1

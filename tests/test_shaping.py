@@ -38,6 +38,28 @@ def test_token_bucket(rate: float, burst: int, arrivals: list[float], expected: 
     assert departures(rate, burst, arrivals) == expected
 
 
+@pytest.mark.parametrize(
+    ("late", "expected"),
+    [
+        (0.0, [0.1, 0.2, 0.3]),
+        (0.005, [0.105, 0.205, 0.305]),  # a timer a little late: counted from when it was due
+        (0.009, [0.109, 0.209, 0.309]),
+        (0.05, [0.15, 0.3, 0.45]),  # later than a tenth of the interval: from when it went
+    ],
+)
+def test_a_slightly_late_wake_up_does_not_slow_the_rate(late: float, expected: list[float]
+                                                        ) -> None:
+    bucket = TokenBucket(10, 1)
+    bucket.take(0.0)
+    now, went = 0.0, []
+    for _ in range(3):
+        due = now + bucket.delay(now)
+        now = due + late  # the head of the line wakes up
+        bucket.take(now, due)
+        went.append(round(now, 9))
+    assert went == expected
+
+
 @pytest.mark.parametrize(("rate", "burst"), [(10, 1), (10, 4), (3, 2), (100, 10)])
 def test_the_bucket_never_lets_more_than_burst_plus_rate_times_window_through(
     rate: float, burst: int
