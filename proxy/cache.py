@@ -1,7 +1,8 @@
 """The opt-in response cache for GET: rules (pure) and the store with shared misses (no I/O).
 
 What may be served from the cache, and what may be stored (RFC 9111, for a shared cache):
-- only GET, only on a configured path pattern, only when the request has no body;
+- only GET, only when the request has no body, and only on a configured path pattern (the same
+  globs as the access rules, `proxy.policy.PathPattern`, matched against the decoded path);
 - the client's `Cache-Control: no-store` or `private` keeps its request away from the cache
   both ways; `no-cache`, `max-age=0` (and `Pragma: no-cache` without Cache-Control), a range
   or a conditional request skip the lookup but may refresh the entry;
@@ -28,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
+from urllib.parse import unquote
 
 from cachetools import TLRUCache
 from multidict import CIMultiDict, MultiMapping
@@ -57,15 +59,6 @@ class Mode(enum.Enum):
 
 
 # --- pure rules ---------------------------------------------------------------------------------
-
-
-def compile_pattern(pattern: str) -> re.Pattern[str]:
-    """A path glob: `*` matches within one segment, `**` across segments; the rest literally."""
-    parts = re.split(r"(\*\*|\*)", pattern)
-    regex = "".join(
-        ".*" if part == "**" else "[^/]*" if part == "*" else re.escape(part) for part in parts
-    )
-    return re.compile(regex)
 
 
 def cache_control(headers: MultiMapping[str]) -> dict[str, str | None]:
@@ -175,7 +168,6 @@ class ResponseCache:
 
     def __init__(self, settings: CacheSettings, *, clock: Clock = time.monotonic) -> None:
         self.settings = settings
-        self._patterns = tuple(compile_pattern(pattern) for pattern in settings.paths)
         self._clock = clock
         self._entries: TLRUCache[Key, Entry] = TLRUCache(
             maxsize=settings.max_entries, ttu=_expires, timer=clock
@@ -193,7 +185,10 @@ class ResponseCache:
              ) -> Plan | None:
         """None when the cache has nothing to do with this request (then no X-Cache field)."""
         path, _, query = target.partition("?")
-        if method != "GET" or has_body or not any(p.fullmatch(path) for p in self._patterns):
+        if method != "GET" or has_body:
+            return None
+        decoded = unquote(path)
+        if not any(pattern.matches(decoded) for pattern in self.settings.paths):
             return None
         mode = request_mode(headers)
         if mode is Mode.BYPASS:

@@ -82,7 +82,7 @@ class RetrySettings:
 class CacheSettings:
     """The opt-in response cache for GET (see proxy.cache)."""
 
-    paths: tuple[str, ...]  # patterns of upstream paths: "*" within a segment, "**" across
+    paths: tuple[PathPattern, ...]  # of the decoded path the upstream sees
     ttl_seconds: float = 30.0
     max_entries: int = 1000
     max_body_bytes: int = 256 * 1024
@@ -465,24 +465,36 @@ def _word(value: Any, context: _Context) -> str:
     return text
 
 
-def _array_of(parse_item: _Parser[_T], what: str) -> _Parser[tuple[_T, ...]]:
-    """A non-empty array, each item read by `parse_item`; duplicates dropped, first one kept."""
+def _array(item: _Parser[_T], *, allow_empty: bool) -> _Parser[tuple[_T, ...]]:
+    """An array whose every item `item` parses; each problem keyed by its index."""
 
     def parse(value: Any, context: _Context) -> tuple[_T, ...]:
         if not isinstance(value, list):
-            raise _Invalid(_expected(what, value))
-        if not value:
+            raise _Invalid(_expected("an array", value))
+        if not value and not allow_empty:
             raise _Invalid("must not be empty")
         items: list[_T] = []
         problems: list[tuple[str, str]] = []
-        for index, item in enumerate(value):
+        for index, raw in enumerate(value):
             try:
-                items.append(parse_item(item, context))
+                items.append(item(raw, context))
             except _Invalid as err:
                 problems.extend((f"[{index}]{suffix}", message) for suffix, message in err.problems)
         if problems:
             raise _Invalid(problems=problems)
-        return tuple(dict.fromkeys(items))
+        return tuple(items)
+
+    return parse
+
+
+def _array_of(parse_item: _Parser[_T], what: str) -> _Parser[tuple[_T, ...]]:
+    """A non-empty array of `what`; duplicates dropped, the first one kept."""
+    items = _array(parse_item, allow_empty=False)
+
+    def parse(value: Any, context: _Context) -> tuple[_T, ...]:
+        if not isinstance(value, list):
+            raise _Invalid(_expected(what, value))
+        return tuple(dict.fromkeys(items(value, context)))
 
     return parse
 
@@ -506,15 +518,11 @@ def _count(minimum: int) -> _Parser[int]:
     return parse
 
 
-# RFC 9110 §5.6.2: a method is a token.
-_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-
-def _method(value: Any, context: _Context) -> str:
-    text = _text(value, context)
-    if not _TOKEN.fullmatch(text):
-        raise _Invalid("must be an HTTP method such as GET or PUT")
-    return text.upper()
+def _retry_method(value: Any, context: _Context) -> str:
+    method = _method(value, context)
+    if method == ANY_METHOD:
+        raise _Invalid("name the methods to retry; a repeated POST may do its work twice")
+    return method
 
 
 def _retry_status(value: Any, context: _Context) -> int:
@@ -522,15 +530,6 @@ def _retry_status(value: Any, context: _Context) -> int:
     if status != 429 and not 500 <= status <= 599:
         raise _Invalid("must be 429 or a 5xx status")
     return status
-
-
-def _path_pattern(value: Any, context: _Context) -> str:
-    text = _text(value, context)
-    if not text.startswith("/"):
-        raise _Invalid("must start with '/'")
-    if any(char.isspace() or char in "?#" for char in text):
-        raise _Invalid("must be a path: no whitespace, '?' or '#'")
-    return text
 
 
 _PREFIX_FORBIDDEN: Final = ("..", "//", "?", "#", "%")
@@ -633,7 +632,7 @@ def _retries(table: _Reader) -> RetrySettings:
             "backoff_seconds", _seconds(allow_zero=False), default.backoff_seconds
         ),
         methods=table.get(
-            "methods", _array_of(_method, "an array of strings"), list(default.methods)
+            "methods", _array_of(_retry_method, "an array of strings"), list(default.methods)
         ),
         statuses=table.get(
             "statuses", _array_of(_retry_status, "an array of integers"), list(default.statuses)
@@ -798,28 +797,6 @@ def _sha256(value: Any, context: _Context) -> bytes:
             "(`nmbrs-proxy hash-key` prints one)"
         )
     return bytes.fromhex(text)
-
-
-def _array(item: _Parser[_T], *, allow_empty: bool) -> _Parser[tuple[_T, ...]]:
-    """An array whose every item `item` parses; each problem keyed by its index."""
-
-    def parse(value: Any, context: _Context) -> tuple[_T, ...]:
-        if not isinstance(value, list):
-            raise _Invalid(_expected("an array", value))
-        if not value and not allow_empty:
-            raise _Invalid("must not be empty")
-        items: list[_T] = []
-        problems: list[tuple[str, str]] = []
-        for index, raw in enumerate(value):
-            try:
-                items.append(item(raw, context))
-            except _Invalid as err:
-                problems.extend((f"[{index}]{suffix}", message) for suffix, message in err.problems)
-        if problems:
-            raise _Invalid(problems=problems)
-        return tuple(items)
-
-    return parse
 
 
 def _network(value: Any, context: _Context) -> IPNetwork:

@@ -20,7 +20,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from proxy.app import create_app
-from proxy.config import ConnectionSettings, ServerSettings, Settings, StoreSettings
+from proxy.config import (
+    CacheSettings,
+    ConnectionSettings,
+    ServerSettings,
+    Settings,
+    StoreSettings,
+)
+from proxy.policy import PathPattern
 from proxy.secret import Secret
 from proxy.tokens.model import TokenSet
 from proxy.tokens.store import FileStore
@@ -199,6 +206,11 @@ def connection_settings(
         subscription_key=Secret(SUBSCRIPTION_KEY),
     )
     return replace(settings, **overrides)
+
+
+def cache_settings(*paths: str, **options: Any) -> CacheSettings:
+    """The response cache on `paths` (globs, as in the config file)."""
+    return CacheSettings(paths=tuple(PathPattern.parse(path) for path in paths), **options)
 
 
 def token_set(access_token: str = "access-1", *, lifetime: float = 3600.0,

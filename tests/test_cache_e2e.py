@@ -10,18 +10,18 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from proxy.config import CacheSettings
 from proxy.state import PROXY_STATE
 from tests.conftest import (
     ProxyFactory,
     RecordingUpstream,
     RunningSandbox,
+    cache_settings,
     connection_settings,
     start_running_sandbox,
     token_set,
 )
 
-COMPANIES = CacheSettings(paths=("/api/companies", "/api/companies/*/employees"))
+COMPANIES = cache_settings("/api/companies", "/api/companies/*/employees")
 
 
 @pytest.fixture
@@ -160,7 +160,7 @@ async def test_concurrent_misses_share_one_upstream_call(
 async def test_an_answer_too_big_to_keep_streams_through_whole(
     cached_nmbrs: RunningSandbox, make_proxy: ProxyFactory
 ) -> None:
-    small = CacheSettings(paths=("/api/companies",), max_body_bytes=100)
+    small = cache_settings("/api/companies", max_body_bytes=100)
     proxy = await make_proxy(cached_nmbrs.connection(cache=small),
                              tokens={"nmbrs": cached_nmbrs.tokens()})
     uncached = await make_proxy(cached_nmbrs.connection(), tokens={"nmbrs": cached_nmbrs.tokens()})
@@ -177,7 +177,7 @@ async def test_an_answer_too_big_to_keep_streams_through_whole(
 async def test_a_big_answer_of_unknown_length_streams_through_whole(
     upstream: RecordingUpstream, make_proxy: ProxyFactory, chunked: bool
 ) -> None:
-    cache = CacheSettings(paths=("/download/*",), max_body_bytes=64 * 1024)
+    cache = cache_settings("/download/*", max_body_bytes=64 * 1024)
     proxy = await make_proxy(connection_settings(upstream=upstream.url, cache=cache),
                              tokens={"nmbrs": token_set()})
     size = 1024 * 1024 + 7
@@ -198,7 +198,7 @@ async def test_an_answer_that_sets_a_cookie_is_never_stored(
     upstream: RecordingUpstream, make_proxy: ProxyFactory
 ) -> None:
     proxy = await make_proxy(connection_settings(upstream=upstream.url,
-                                                 cache=CacheSettings(paths=("/api/**",))),
+                                                 cache=cache_settings("/api/**")),
                              tokens={"nmbrs": token_set()})
     for _ in range(2):  # the recording upstream's echo answers carry Set-Cookie
         assert (await proxy.get("/api/things")).headers["X-Cache"] == "MISS"
@@ -241,7 +241,7 @@ async def test_a_successful_write_drops_the_entries_of_its_path(
 ) -> None:
     url, calls = versioned
     proxy = await make_proxy(connection_settings(upstream=url,
-                                                 cache=CacheSettings(paths=("/api/*",))),
+                                                 cache=cache_settings("/api/*")),
                              tokens={"nmbrs": token_set()})
 
     async def read(target: str) -> tuple[str, int]:

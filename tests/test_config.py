@@ -24,6 +24,7 @@ from proxy.config import (
     parse,
 )
 from proxy.secret import Secret
+from tests.conftest import cache_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 C = "connections.nmbrs"  # the dotted key of the minimal config's connection
@@ -130,14 +131,14 @@ def test_the_readme_documents_every_connection_key() -> None:
 
 def test_the_commented_out_cache_example_parses(tmp_path: Path) -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
-    block = text[text.index("# [connections.nmbrs.cache]"):]
+    start = text.index("# [connections.nmbrs.cache]")
+    block = text[start:text.index("# --- Access control", start)]
     uncommented = "\n".join(line.removeprefix("# ") for line in block.splitlines()
                             if re.match(r"# (\[connections|[a-z_]+ = )", line))
     data = tomllib.loads(uncommented)
     cache = data["connections"]["nmbrs"]["cache"]
     settings = parse(config({f"{C}.cache": cache}), base_dir=tmp_path, environ={})
-    assert conn(settings).cache == CacheSettings(
-        paths=("/api/companies", "/api/companies/*/hourcodes")
+    assert conn(settings).cache == cache_settings("/api/companies", "/api/companies/*/hourcodes"
     )
 
 
@@ -265,7 +266,7 @@ def conn(settings: Settings) -> Any:
         ),
         pytest.param(
             {f"{C}.retries": {"count": 5, "deadline_seconds": 60, "backoff_seconds": 0.1,
-                              "methods": ["get", "POST", "GET"], "statuses": [503, 500]}},
+                              "methods": ["GET", "POST", "GET"], "statuses": [503, 500]}},
             lambda s: conn(s).retries,
             RetrySettings(count=5, deadline_seconds=60.0, backoff_seconds=0.1,
                           methods=("GET", "POST"), statuses=(503, 500)),
@@ -274,14 +275,14 @@ def conn(settings: Settings) -> Any:
         pytest.param(
             {f"{C}.cache": {"paths": ["/api/companies", "/api/companies/*/hourcodes"]}},
             lambda s: conn(s).cache,
-            CacheSettings(paths=("/api/companies", "/api/companies/*/hourcodes")),
+            cache_settings("/api/companies", "/api/companies/*/hourcodes"),
             id="cache-defaults",
         ),
         pytest.param(
             {f"{C}.cache": {"paths": ["/**"], "ttl_seconds": 5, "max_entries": 10,
                             "max_body_bytes": 4096}},
             lambda s: conn(s).cache,
-            CacheSettings(paths=("/**",), ttl_seconds=5.0, max_entries=10, max_body_bytes=4096),
+            cache_settings("/**", ttl_seconds=5.0, max_entries=10, max_body_bytes=4096),
             id="cache-all",
         ),
         pytest.param(
@@ -671,10 +672,12 @@ RULES = [
         "retries-backoff",
     ),
     (
-        {f"{C}.retries.methods": ["GET", "GE T", 1]},
+        {f"{C}.retries.methods": ["GET", "get", 1, "*"]},
         [
-            f"{C}.retries.methods[1]: must be an HTTP method such as GET or PUT",
+            f"{C}.retries.methods[1]: must be an HTTP method in capitals (e.g. 'GET') or '*'",
             f"{C}.retries.methods[2]: expected a string, got an integer",
+            (f"{C}.retries.methods[3]: name the methods to retry; a repeated POST may do its "
+             "work twice"),
         ],
         "retries-methods",
     ),
@@ -697,11 +700,12 @@ RULES = [
     ({f"{C}.cache": {}}, [f"{C}.cache.paths: required"], "cache-no-paths"),
     ({f"{C}.cache.paths": []}, [f"{C}.cache.paths: must not be empty"], "cache-paths-empty"),
     (
-        {f"{C}.cache.paths": ["api/x", "/a b", "/x?y"]},
+        {f"{C}.cache.paths": ["api/x", "/a b", "/x?y", "/a**"]},
         [
             f"{C}.cache.paths[0]: must start with '/'",
-            f"{C}.cache.paths[1]: must be a path: no whitespace, '?' or '#'",
-            f"{C}.cache.paths[2]: must be a path: no whitespace, '?' or '#'",
+            f"{C}.cache.paths[1]: must not contain '?', '#', '%', '\\' or whitespace",
+            f"{C}.cache.paths[2]: must not contain '?', '#', '%', '\\' or whitespace",
+            f"{C}.cache.paths[3]: '**' must be a whole segment ('/**/')",
         ],
         "cache-paths",
     ),

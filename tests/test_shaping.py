@@ -146,7 +146,7 @@ async def test_a_request_that_would_wait_too_long_is_refused_at_once() -> None:
     with pytest.raises(TooManyRequests) as refused:
         await gate.admit()
     assert refused.value.retry_after == 3
-    assert refused.value.headers() == {"Retry-After": "3"}
+    assert refused.value.headers == {"Retry-After": "3"}
     assert refused.value.status == 429
     assert gate.counters.throttled == 1
     assert clock.sleeps == [1.0, 1.0]  # the refused request never slept
