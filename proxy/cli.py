@@ -116,8 +116,11 @@ def _parser() -> argparse.ArgumentParser:
     hash_key_command.add_argument("--stdin", action="store_true",
                                   help="hash a key read from standard input instead")
 
-    sandbox = commands.add_parser("sandbox", help="run the embedded fake Nmbrs alone")
+    sandbox = commands.add_parser("sandbox", help="run an embedded fake upstream alone")
     sandbox.set_defaults(run=_sandbox)
+    sandbox.add_argument("--provider", default="nmbrs",
+                         choices=["nmbrs", "client_credentials", "nomba", "nitro"],
+                         help="which upstream to play (default nmbrs)")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8081)
     sandbox.add_argument("--token-lifetime", type=float, default=3600.0,
@@ -200,11 +203,19 @@ async def _status(settings: Settings, out: TextIO) -> int:
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from proxy.sandbox import SandboxSettings, main_sandbox  # noqa: PLC0415 - dev tool only
+    from proxy import sandbox as fakes  # noqa: PLC0415 - dev tool only
 
-    settings = SandboxSettings(access_token_lifetime=args.token_lifetime,
-                               rate_limit=args.rate_limit)
-    main_sandbox(args.host, args.port, settings)
+    served: fakes.Servable
+    if args.provider == "nmbrs":
+        served = fakes.Sandbox(fakes.SandboxSettings(access_token_lifetime=args.token_lifetime,
+                                                     rate_limit=args.rate_limit))
+    elif args.rate_limit is not None:
+        print("nmbrs-proxy sandbox: --rate-limit is for --provider nmbrs only", file=sys.stderr)
+        return EXIT_CONFIG
+    else:
+        settings = fakes.MachineSettings(access_token_lifetime=args.token_lifetime)
+        served = fakes.MACHINE_SANDBOXES[args.provider](settings)
+    fakes.main_sandbox(args.host, args.port, served)
     return 0
 
 

@@ -1,4 +1,6 @@
-"""An embedded fake of Nmbrs: its identity service and its REST API, in one aiohttp app.
+"""Embedded fakes: Nmbrs (identity service and REST API in one aiohttp app), and the
+machine-credential upstreams (an RFC 6749 client-credentials server, Nomba, Nitro), each with
+an API behind it.
 
 Why it exists: the demo needs something to log in to, and the test suite needs an upstream
 that behaves like the real one, strictly (form-urlencoded Basic credentials, single-use codes
@@ -9,9 +11,13 @@ implementation of the other side of the protocol, so a bug in the proxy's own OA
 cannot hide by being shared with the thing that checks them.
 """
 
+from ._client_credentials import ClientCredentialsSandbox
 from ._grants import fingerprint
 from ._ledger import issued_secrets
-from ._server import Sandbox, main_sandbox, start_sandbox
+from ._machine import DEMO_MACHINE_CLIENT, MachineClient, MachineSandbox, MachineSettings
+from ._nitro import NitroSandbox
+from ._nomba import NombaSandbox
+from ._server import Sandbox, Servable, main_sandbox, start_sandbox
 from ._settings import (
     DEMO_CLIENT,
     DEMO_CLIENT_ID,
@@ -24,18 +30,34 @@ from ._settings import (
 )
 from ._stats import RecordedRequest, SandboxStats
 
+# The fakes by the provider whose upstream they play.
+MACHINE_SANDBOXES: dict[str, type[MachineSandbox]] = {
+    "client_credentials": ClientCredentialsSandbox,
+    "nomba": NombaSandbox,
+    "nitro": NitroSandbox,
+}
+
 __all__ = [
     "DEMO_CLIENT",
     "DEMO_CLIENT_ID",
     "DEMO_CLIENT_SECRET",
+    "DEMO_MACHINE_CLIENT",
     "DEMO_REDIRECT_URI",
     "DEMO_SUBSCRIPTION_KEY",
+    "MACHINE_SANDBOXES",
     "NMBRS_SCOPES",
+    "ClientCredentialsSandbox",
+    "MachineClient",
+    "MachineSandbox",
+    "MachineSettings",
+    "NitroSandbox",
+    "NombaSandbox",
     "RecordedRequest",
     "Sandbox",
     "SandboxClient",
     "SandboxSettings",
     "SandboxStats",
+    "Servable",
     "fingerprint",
     "issued_secrets",
     "main_sandbox",

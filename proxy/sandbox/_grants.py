@@ -23,6 +23,11 @@ def fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def expires_in(lifetime: float) -> int | float:
+    """`expires_in` as an integer when the lifetime is whole (always, outside fast tests)."""
+    return int(lifetime) if float(lifetime).is_integer() else lifetime
+
+
 def s256(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")

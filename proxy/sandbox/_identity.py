@@ -6,7 +6,6 @@ bug (an unencoded Basic header, a lost PKCE verifier, a reused refresh token) fa
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hmac
@@ -20,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import jwt
 from aiohttp import web
-from multidict import CIMultiDict, MultiMapping
+from multidict import MultiMapping
 
 from ._grants import AuthCode, OAuthError, fingerprint
 from ._keys import ACCESS_TOKEN_AUDIENCE
 from ._settings import NMBRS_SCOPES, SandboxClient
-from ._stats import RecordedRequest
+from ._stats import recorded_token_call
 
 if TYPE_CHECKING:
     from ._server import Sandbox
@@ -79,6 +78,33 @@ def decode_basic(credentials: str) -> tuple[str, str]:
         )
     except UnicodeDecodeError as exc:
         raise OAuthError("invalid_client", "Malformed Basic credentials.", status=401) from exc
+
+
+def client_credentials_of(request: web.Request, form: Mapping[str, str]) -> tuple[str, str, str]:
+    """(client_id, secret, method) of a token or revocation request, RFC 6749 §2.3.1: HTTP
+    Basic or the form body, never both; the method is client_secret_basic or _post."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        client_id = form.get("client_id", "")
+        secret = form.get("client_secret", "")
+        if not client_id or not secret:
+            raise OAuthError("invalid_client", "No client authentication.", status=401)
+        return client_id, secret, "client_secret_post"
+    scheme, _, credentials = header.strip().partition(" ")
+    if scheme.lower() != "basic":
+        raise OAuthError("invalid_client", "Unsupported authentication scheme.", status=401)
+    client_id, secret = decode_basic(credentials)
+    if "client_secret" in form:
+        raise OAuthError("invalid_request", "Use one client authentication method only.")
+    if "client_id" in form and form["client_id"] != client_id:
+        raise OAuthError("invalid_request", "client_id differs from the Basic credentials.")
+    return client_id, secret, "client_secret_basic"
+
+
+def secret_matches(expected: str | None, secret: str) -> bool:
+    """Constant-time comparison, taking as long when the client is unknown (`expected` None)."""
+    reference = expected if expected is not None else secrets.token_urlsafe(16)
+    return hmac.compare_digest(secret.encode("utf-8"), reference.encode("utf-8"))
 
 
 def error_json(exc: OAuthError) -> web.Response:
@@ -291,24 +317,9 @@ class IdentityService:
     # -- client authentication -----------------------------------------------------------
 
     def _authenticate(self, request: web.Request, form: Mapping[str, str]) -> SandboxClient:
-        header = request.headers.get("Authorization")
-        if header is not None:
-            scheme, _, credentials = header.strip().partition(" ")
-            if scheme.lower() != "basic":
-                raise OAuthError("invalid_client", "Unsupported authentication scheme.", status=401)
-            client_id, secret = decode_basic(credentials)
-            if "client_secret" in form:
-                raise OAuthError("invalid_request", "Use one client authentication method only.")
-            if "client_id" in form and form["client_id"] != client_id:
-                raise OAuthError("invalid_request", "client_id differs from the Basic credentials.")
-        else:
-            client_id = form.get("client_id", "")
-            secret = form.get("client_secret", "")
-            if not client_id or not secret:
-                raise OAuthError("invalid_client", "No client authentication.", status=401)
+        client_id, secret, _ = client_credentials_of(request, form)
         client = self.sandbox.clients.get(client_id)
-        expected = client.client_secret if client is not None else secrets.token_urlsafe(16)
-        if not hmac.compare_digest(secret.encode("utf-8"), expected.encode("utf-8")):
+        if not secret_matches(client.client_secret if client is not None else None, secret):
             raise OAuthError("invalid_client", "Unknown client or wrong secret.", status=401)
         assert client is not None
         return client
@@ -328,16 +339,8 @@ class IdentityService:
                 form = parse_form(body)
             except OAuthError as exc:
                 form_error = exc
-        stats.token_requests[form.get("grant_type", "")] += 1
-        record = RecordedRequest(
-            request.method, request.raw_path, CIMultiDict(request.headers), None
-        )
-        stats.token_log.append(record)
-        stats.token_in_flight += 1
-        try:
-            if sandbox.token_delay > 0:
-                await asyncio.sleep(sandbox.token_delay)
-            await sandbox.token_gate.wait()
+
+        async def respond() -> web.Response:
             try:
                 if form_error is not None:
                     raise form_error
@@ -345,13 +348,10 @@ class IdentityService:
                 answer = self._grant(request, client, form)
             except OAuthError as exc:
                 stats.token_errors[exc.error] += 1
-                response = error_json(exc)
-            else:
-                response = web.json_response(answer, headers=_NO_STORE)
-            record.status = response.status
-            return response
-        finally:
-            stats.token_in_flight -= 1
+                return error_json(exc)
+            return web.json_response(answer, headers=_NO_STORE)
+
+        return await recorded_token_call(sandbox, request, form.get("grant_type", ""), respond)
 
     def _grant(
         self, request: web.Request, client: SandboxClient, form: Mapping[str, str]

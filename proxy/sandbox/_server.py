@@ -10,13 +10,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ._api import Maintenance, NmbrsApi
-from ._grants import Grant, GrantStore
+from ._grants import Grant, GrantStore, expires_in
 from ._identity import IdentityService
 from ._keys import ACCESS_TOKEN_AUDIENCE, SigningKey
 from ._ledger import remember
@@ -25,11 +25,6 @@ from ._stats import SandboxStats
 
 DEFAULT_SUB = "sandbox-user"
 PLACEHOLDER_ISSUER = "http://nmbrs-sandbox.invalid"
-
-
-def _seconds(lifetime: float) -> int | float:
-    """expires_in as an integer when the lifetime is whole (always, outside fast tests)."""
-    return int(lifetime) if float(lifetime).is_integer() else lifetime
 
 
 class Sandbox:
@@ -118,7 +113,7 @@ class Sandbox:
         remember(access_token)
         answer: dict[str, Any] = {
             "access_token": access_token,
-            "expires_in": _seconds(lifetime),
+            "expires_in": expires_in(lifetime),
             "token_type": "Bearer",
         }
         if with_refresh:
@@ -175,6 +170,18 @@ class Sandbox:
         revoke_access_tokens() as well to kill them too."""
         self.grants.revoke_all_refresh()
 
+    def describe(self) -> list[str]:
+        lines = [f"Nmbrs sandbox listening on {self.base_url}"]
+        demo = self.settings.clients[0] if self.settings.clients else None
+        if demo is not None:
+            lines += [
+                f"  client_id:        {demo.client_id}",
+                f"  client_secret:    {demo.client_secret}   (fake)",
+                f"  redirect_uris:    {' '.join(demo.redirect_uris)}",
+            ]
+        lines += [f"  subscription key: {key}" for key in sorted(self.settings.subscription_keys)]
+        return lines
+
     # -- maintenance (test controls) ------------------------------------------------------
 
     def start_maintenance(self, *, retry_after: int | None = None) -> None:
@@ -204,8 +211,20 @@ class Sandbox:
         )
 
 
+class Servable(Protocol):
+    """Any of the fakes: the Nmbrs sandbox or a machine-credential one."""
+
+    base_url: str | None
+
+    def app(self) -> web.Application: ...
+
+    def describe(self) -> list[str]:
+        """Lines telling a person where the fake listens and which credentials it takes."""
+        ...
+
+
 async def start_sandbox(
-    sandbox: Sandbox, host: str = "127.0.0.1", port: int = 0
+    sandbox: Servable, host: str = "127.0.0.1", port: int = 0
 ) -> tuple[web.AppRunner, str]:
     """Serve `sandbox` on host:port (0 = any free port); returns the runner and base URL."""
     runner = web.AppRunner(sandbox.app(), access_log=None)
@@ -224,25 +243,15 @@ async def start_sandbox(
 
 
 def main_sandbox(
-    host: str = "127.0.0.1", port: int = 8081, settings: SandboxSettings | None = None
+    host: str = "127.0.0.1", port: int = 8081, sandbox: Servable | None = None
 ) -> None:
-    """Run the sandbox until interrupted (the CLI's `nmbrs-proxy sandbox`)."""
+    """Serve a fake until interrupted (the CLI's `nmbrs-proxy sandbox`); the Nmbrs one by
+    default. What it prints comes from the fake's `describe()`."""
 
     async def serve() -> None:
-        sandbox = Sandbox(settings)
-        runner, base_url = await start_sandbox(sandbox, host, port)
-        demo = sandbox.settings.clients[0] if sandbox.settings.clients else None
-        lines = [f"Nmbrs sandbox listening on {base_url}"]
-        if demo is not None:
-            lines += [
-                f"  client_id:        {demo.client_id}",
-                f"  client_secret:    {demo.client_secret}   (fake)",
-                f"  redirect_uris:    {' '.join(demo.redirect_uris)}",
-            ]
-        lines += [
-            f"  subscription key: {key}" for key in sorted(sandbox.settings.subscription_keys)
-        ]
-        sys.stdout.write("\n".join(lines) + "\n")
+        served = sandbox if sandbox is not None else Sandbox()
+        runner, _ = await start_sandbox(served, host, port)
+        sys.stdout.write("\n".join(served.describe()) + "\n")
         sys.stdout.flush()
         try:
             await asyncio.Event().wait()

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from aiohttp import web
 from multidict import CIMultiDict
 
 _LOG_SIZE = 1000
@@ -44,3 +48,35 @@ class SandboxStats:
     def last_api_headers(self) -> CIMultiDict[str] | None:
         last = self.last_api_request
         return None if last is None else last.headers
+
+
+class TokenEndpointOwner(Protocol):
+    """A fake with a token endpoint that tests can hold (`token_gate`) or slow down."""
+
+    stats: SandboxStats
+    token_gate: asyncio.Event
+    token_delay: float
+
+
+async def recorded_token_call(
+    owner: TokenEndpointOwner,
+    request: web.Request,
+    kind: str,
+    respond: Callable[[], Awaitable[web.Response]],
+) -> web.Response:
+    """Answer a token request with `respond()`, counted under `kind`, logged with its status,
+    and held by the owner's `token_delay` and `token_gate` while counted as in flight."""
+    stats = owner.stats
+    stats.token_requests[kind] += 1
+    record = RecordedRequest(request.method, request.raw_path, CIMultiDict(request.headers))
+    stats.token_log.append(record)
+    stats.token_in_flight += 1
+    try:
+        if owner.token_delay > 0:
+            await asyncio.sleep(owner.token_delay)
+        await owner.token_gate.wait()
+        response = await respond()
+        record.status = response.status
+        return response
+    finally:
+        stats.token_in_flight -= 1

@@ -92,3 +92,41 @@ async def test_main_sandbox_prints_and_stops_on_ctrl_c() -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("provider", "first_line", "probe"),
+    [
+        ("client_credentials", "OAuth 2.0 client credentials sandbox", "/oauth2/token"),
+        ("nomba", "Nomba sandbox", "/v1/auth/token/issue"),
+        ("nitro", "Nitro sandbox", "/oauth/token"),
+    ],
+)
+async def test_the_cli_serves_each_machine_fake(provider: str, first_line: str,
+                                                probe: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "sandbox", "--provider", provider, "--port", "0",
+        stdout=asyncio.subprocess.PIPE, cwd=SANDBOX_DIR.parents[1],
+    )
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert first.startswith(f"{first_line} listening on http://127.0.0.1:")
+        base_url = first.split()[-1]
+        rest = b""
+        while b"client_secret:" not in rest:
+            rest += await asyncio.wait_for(proc.stdout.readline(), 10)
+        async with aiohttp.ClientSession() as session, session.post(f"{base_url}{probe}") as got:
+            assert got.status in {400, 401}  # there, and strict about an empty request
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_the_cli_refuses_a_rate_limit_for_a_machine_fake() -> None:
+    from proxy.cli import main  # noqa: PLC0415
+
+    assert main(["sandbox", "--provider", "nitro", "--rate-limit", "5"]) == 2
