@@ -44,7 +44,9 @@ def setup_access(app: web.Application, settings: Settings) -> None:
     app[DOOR] = Door(
         policy=settings.access_policy(),
         callback_paths=frozenset(
-            URL(c.redirect_uri).path_safe or "/" for c in settings.connections
+            URL(c.redirect_uri).path_safe or "/"
+            for c in settings.connections
+            if c.redirect_uri is not None
         ),
     )
 

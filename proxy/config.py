@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import SplitResult, urlsplit
 
+from proxy.headers import HOP_BY_HOP
+from proxy.oauth.client_credentials import AUTH_METHODS, CLIENT_SECRET_BASIC
 from proxy.policy import (
     ANY_METHOD,
     LOOPBACK,
@@ -90,16 +92,31 @@ class CacheSettings:
 
 @dataclass(frozen=True)
 class ConnectionSettings:
+    """One connection; which fields a provider uses is set by `_PROVIDERS` below."""
+
     name: str
-    provider: str  # "nmbrs"
+    provider: str  # "nmbrs", "client_credentials", "nomba" or "nitro"
     prefix: str  # normalised: starts and ends with "/" ("/" or "/acme/")
     upstream: str  # origin, no trailing slash, e.g. "https://api.nmbrsapp.com"
     client_id: str
     client_secret: Secret
-    issuer: str  # no trailing slash
-    redirect_uri: str
-    scopes: tuple[str, ...]
+    # Authorization code (nmbrs): the identity service (no trailing slash) and the consent.
+    issuer: str | None = None
+    redirect_uri: str | None = None
+    scopes: tuple[str, ...] = ()
     subscription_key: Secret | None = None
+    # Machine credentials (client_credentials, nomba, nitro): where tokens come from.
+    token_url: str | None = None
+    revocation_url: str | None = None
+    auth_method: str = CLIENT_SECRET_BASIC
+    audience: str | None = None
+    # Extra form fields of a client-credentials token request, in the order written. A value
+    # given as an env:/file: reference is held as a Secret (masked in logs), a literal is not.
+    token_params: tuple[tuple[str, str | Secret], ...] = field(default=(), repr=False)
+    account_id: str | None = None  # Nomba: an identifier (sent as a header), not a secret
+    # Sent with every forwarded request, replacing a client's own value; may carry a key, so a
+    # referenced value is held as a Secret as in token_params.
+    headers: tuple[tuple[str, str | Secret], ...] = field(default=(), repr=False)
     refresh_margin_seconds: float = 300.0
     connect_timeout_seconds: float = 10.0
     read_timeout_seconds: float = 60.0
@@ -119,6 +136,11 @@ class ConnectionSettings:
         """Every configured key, the primary first."""
         primary = () if self.subscription_key is None else (self.subscription_key,)
         return (*primary, *self.secondary_subscription_keys)
+
+    @property
+    def interactive(self) -> bool:
+        """A person links it by consenting; otherwise it has machine credentials."""
+        return self.redirect_uri is not None
 
 
 AUDIT_OFF: Final = "off"
@@ -349,13 +371,13 @@ class _Reader:
     def is_valid(self, name: str) -> bool:
         return name not in self._invalid
 
-    def finish(self) -> None:
-        """Report every key that nobody asked for."""
+    def finish(self, elsewhere: Mapping[str, str] = {}) -> None:
+        """Report every key that nobody asked for; `elsewhere` explains some of them."""
         for name in self._data:
             if name not in self._known:
                 close = difflib.get_close_matches(name, self._known, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-                self.problem(f"unknown key{hint}", name)
+                self.problem(elsewhere.get(name, f"unknown key{hint}"), name)
 
     def _take(self, name: str) -> Any:
         self._known.append(name)
@@ -580,6 +602,101 @@ def _base_url(value: Any, context: _Context) -> str:
     return text.rstrip("/")
 
 
+def _endpoint_url(value: Any, context: _Context) -> str:
+    """A token or revocation endpoint: like a base URL, but kept exactly as written."""
+    text = _text(value, context)
+    _http_url(text)
+    if "?" in text:
+        raise _Invalid("must not include a query")
+    return text
+
+
+# RFC 9110 §5.6.2 `token`: what a header field name may be made of.
+_HEADER_NAME: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 §5.5: a field value is visible characters with inner spaces or tabs; no CR, LF, NUL.
+_HEADER_VALUE: Final = re.compile(r"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?")
+# Headers the proxy manages itself, whatever the provider; the reason is the message.
+_MANAGED_HEADERS: Final[Mapping[str, str]] = {
+    "authorization": "is set by the proxy: it carries the access token",
+    "x-subscription-key": "is set by the proxy from subscription_key",
+    **dict.fromkeys(
+        (*sorted(HOP_BY_HOP), "host", "content-length", "expect", "via", "x-forwarded-for",
+         "x-forwarded-proto", "x-forwarded-host"),
+        "is managed by the proxy and cannot be set here",
+    ),
+}
+
+
+def _shown_key(name: str) -> str:
+    return name if _BARE_KEY.fullmatch(name) else json.dumps(name)
+
+
+def _string_table(
+    check: Callable[[str, str], str | None],
+) -> _Parser[tuple[tuple[str, str | Secret], ...]]:
+    """A table of strings, references resolved; `check(name, value)` returns a problem or None.
+
+    A value given as an `env:`/`file:` reference is kept as a Secret: it may be a key, and the
+    redaction of logs then masks it. Names are compared without regard to case: two entries
+    differing only in case clash.
+    """
+
+    def parse(value: Any, context: _Context) -> tuple[tuple[str, str | Secret], ...]:
+        if not isinstance(value, Mapping):
+            raise _Invalid(_expected("a table", value))
+        pairs: list[tuple[str, str | Secret]] = []
+        seen: dict[str, str] = {}
+        problems: list[tuple[str, str]] = []
+        for name, raw in value.items():
+            suffix = f".{_shown_key(name)}"
+            try:
+                text = _text(raw, context)
+            except _Invalid as err:
+                problems.extend((suffix + more, message) for more, message in err.problems)
+                continue
+            first = seen.setdefault(name.lower(), name)
+            problem = check(name, text) if first == name else f"repeats {first!r}"
+            if problem is not None:
+                problems.append((suffix, problem))
+            elif raw.startswith((_ENV_PREFIX, _FILE_PREFIX)):
+                pairs.append((name, Secret(text)))
+            else:
+                pairs.append((name, text))
+        if problems:
+            raise _Invalid(problems=problems)
+        return tuple(pairs)
+
+    return parse
+
+
+def _header_problem(name: str, value: str) -> str | None:
+    if not _HEADER_NAME.fullmatch(name):
+        return "is not a valid header name (RFC 9110 token characters only)"
+    managed = _MANAGED_HEADERS.get(name.lower())
+    if managed is not None:
+        return managed
+    if not _HEADER_VALUE.fullmatch(value):  # the value is not echoed: it may be a key
+        return "value must be printable ASCII without leading or trailing whitespace"
+    return None
+
+
+# Form fields of a client-credentials request that come from other keys.
+_TOKEN_REQUEST_FIELDS: Final[Mapping[str, str]] = {
+    "grant_type": "is always client_credentials",
+    "client_id": "comes from client_id",
+    "client_secret": "comes from client_secret",
+    "scope": "comes from scopes",
+    "audience": "comes from audience",
+}
+
+
+def _token_param_problem(name: str, _value: str) -> str | None:
+    if not name:
+        return "a form field needs a name"
+    reason = _TOKEN_REQUEST_FIELDS.get(name)
+    return None if reason is None else f"is set by the proxy: {reason}"
+
+
 _PROXY_PATH: Final = "/_proxy/"
 _CALLBACK_PATH: Final = "/_proxy/callback"
 
@@ -671,6 +788,15 @@ _CONNECTION_KEYS: Final[Mapping[str, _Parser[Any]]] = {
     "client_secret": _secret,
     "redirect_uri": _redirect_uri,
     "scopes": _unique_words,
+    "token_url": _endpoint_url,
+    "revocation_url": _endpoint_url,
+    "auth_method": _one_of(*AUTH_METHODS),
+    "audience": _text,
+    "token_params": _string_table(_token_param_problem),
+    # An identifier like client_id: it grants nothing without the secret, and it travels in a
+    # header of every request anyway.
+    "account_id": _text,
+    "headers": _string_table(_header_problem),
     "refresh_margin_seconds": _seconds(allow_zero=True),
     "connect_timeout_seconds": _seconds(allow_zero=False),
     "read_timeout_seconds": _seconds(allow_zero=False),
@@ -683,6 +809,7 @@ _CONNECTION_KEYS: Final[Mapping[str, _Parser[Any]]] = {
 
 _COMMON_DEFAULTS: Final[Mapping[str, object]] = {
     "prefix": "/",
+    "headers": {},
     "refresh_margin_seconds": 300,
     "connect_timeout_seconds": 10,
     "read_timeout_seconds": 60,
@@ -695,11 +822,16 @@ _COMMON_OPTIONAL: Final = ("rate_per_second", "max_concurrent")
 
 @dataclass(frozen=True)
 class _Provider:
-    """The keys one provider's connections take: those that must be given, and the defaults."""
+    """The keys one provider's connections take: required, optional (no default), defaulted.
+
+    `own_headers` are header names (lower case) the provider's grant sets on every request,
+    each with the key it comes from, so `headers` may not set them too.
+    """
 
     required: tuple[str, ...]
     defaults: Mapping[str, object]
     optional: tuple[str, ...] = _COMMON_OPTIONAL
+    own_headers: Mapping[str, str] = field(default_factory=dict)
 
 
 _PROVIDERS: Final[Mapping[str, _Provider]] = {
@@ -709,6 +841,28 @@ _PROVIDERS: Final[Mapping[str, _Provider]] = {
             **_COMMON_DEFAULTS,
             "upstream": "https://api.nmbrsapp.com",
             "issuer": "https://identityservice.nmbrs.com",
+        },
+    ),
+    "client_credentials": _Provider(
+        required=("upstream", "token_url", "client_id", "client_secret"),
+        optional=(*_COMMON_OPTIONAL, "scopes", "audience", "revocation_url", "subscription_key"),
+        defaults={**_COMMON_DEFAULTS, "auth_method": CLIENT_SECRET_BASIC, "token_params": {}},
+    ),
+    "nomba": _Provider(
+        required=("client_id", "client_secret", "account_id"),
+        defaults={
+            **_COMMON_DEFAULTS,
+            "upstream": "https://api.nomba.com",
+            "token_url": "https://api.nomba.com/v1/auth/token",
+        },
+        own_headers={"accountid": "account_id"},
+    ),
+    "nitro": _Provider(
+        required=("client_id", "client_secret"),
+        defaults={
+            **_COMMON_DEFAULTS,
+            "upstream": "https://api.gonitro.dev",
+            "token_url": "https://api.gonitro.dev/oauth/token",
         },
     ),
 }
@@ -744,6 +898,45 @@ def _connections(table: _Reader | None) -> tuple[ConnectionSettings, ...]:
     return tuple(connection for connection in connections if connection is not None)
 
 
+def _not_taken_by(provider: str) -> dict[str, str]:
+    """Why each key that other providers take is refused for `provider`."""
+    taken = _takes(_PROVIDERS[provider])
+    return {
+        key: f"not a key of provider {provider!r} (only for: {', '.join(map(repr, users))})"
+        for key in _CONNECTION_KEYS
+        if key not in taken
+        for users in [[name for name, other in _PROVIDERS.items() if key in _takes(other)]]
+        if users
+    }
+
+
+def _takes(profile: _Provider) -> set[str]:
+    return {*profile.required, *profile.optional, *profile.defaults}
+
+
+def _connection_values(table: _Reader, profile: _Provider) -> dict[str, Any]:
+    """The keys `profile` takes, read from `table`; an optional key left out is not included."""
+    values: dict[str, Any] = {}
+    for key in profile.required:
+        values[key] = table.require(key, _CONNECTION_KEYS[key])
+    for key, default in profile.defaults.items():
+        values[key] = table.get(key, _CONNECTION_KEYS[key], default)
+    for key in profile.optional:
+        value = table.optional(key, _CONNECTION_KEYS[key])
+        if value is not None:
+            values[key] = value
+    values.update(_quota(table, rate_per_second=values.get("rate_per_second")))
+    keys = values.pop("subscription_key", None)
+    if keys:
+        values["subscription_key"], *secondary = keys
+        values["secondary_subscription_keys"] = tuple(secondary)
+    for header, _value in values["headers"]:
+        source = profile.own_headers.get(header.lower())
+        if source is not None:
+            table.problem(f"is set by the proxy from {source}", "headers", f".{_shown_key(header)}")
+    return values
+
+
 def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> ConnectionSettings | None:
     """One connection, or None when it has problems (all of them recorded)."""
     before = table.problem_count()
@@ -753,19 +946,8 @@ def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> Connecti
     if provider is None:  # which keys are valid depends on the provider: nothing more to check
         return None
     profile = _PROVIDERS[provider]
-    values: dict[str, Any] = {}
-    for key in profile.required:
-        values[key] = table.require(key, _CONNECTION_KEYS[key])
-    for key, default in profile.defaults.items():
-        values[key] = table.get(key, _CONNECTION_KEYS[key], default)
-    for key in profile.optional:
-        values[key] = table.optional(key, _CONNECTION_KEYS[key])
-    values.update(_quota(table, rate_per_second=values.get("rate_per_second")))
-    keys = values.pop("subscription_key", None)
-    if keys:
-        values["subscription_key"], *secondary = keys
-        values["secondary_subscription_keys"] = tuple(secondary)
-    table.finish()
+    values = _connection_values(table, profile)
+    table.finish(_not_taken_by(provider))
     if table.is_valid("prefix"):  # a bad prefix has the default standing in: nothing to compare
         prefix = values["prefix"]
         first = prefixes.setdefault(prefix, name)

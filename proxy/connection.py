@@ -1,29 +1,120 @@
 """A configured connection at run time: its settings, grant, token manager and fixed headers,
-and what keeps its traffic within the upstream's quota (shaper, key ring, response cache)."""
+and what keeps its traffic within the upstream's quota (shaper, key ring, response cache).
+
+Which grant a connection gets is looked up by its provider in `GRANTS`, one small builder per
+provider; everything else about a connection is the same whatever the provider.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import aiohttp
 
 from proxy.cache import ResponseCache
 from proxy.config import ConnectionSettings
 from proxy.credentials import KeyRing
+from proxy.oauth.nomba import ACCOUNT_HEADER
+from proxy.secret import plain
 from proxy.shaping import Shaper
-from proxy.tokens.grants import AuthorizationCodeGrant, Discovery
+from proxy.tokens.grants import (
+    AuthorizationCodeGrant,
+    ClientCredentialsGrant,
+    Discovery,
+    Grant,
+    NitroGrant,
+    NombaGrant,
+)
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.store import TokenStore
 
+Clock = Callable[[], float]
 SUBSCRIPTION_KEY_HEADER: Final = "X-Subscription-Key"
 
 # Headers the upstream expects that a legacy client may not send; a client's own value wins.
-_PROVIDER_DEFAULT_HEADERS: dict[str, dict[str, str]] = {
+_PROVIDER_DEFAULT_HEADERS: Final[Mapping[str, Mapping[str, str]]] = {
     "nmbrs": {"Accept": "application/json"},
+    "nomba": {"Accept": "application/json"},
+    "nitro": {"Accept": "application/json"},
 }
+
+
+@dataclass(frozen=True)
+class GrantContext:
+    """What every grant builder gets besides the connection's settings."""
+
+    session: aiohttp.ClientSession
+    timeout: aiohttp.ClientTimeout
+    clock: Clock
+
+
+def _nmbrs(settings: ConnectionSettings, ctx: GrantContext) -> Grant:
+    assert settings.issuer is not None  # required for this provider by the configuration
+    assert settings.redirect_uri is not None
+    return AuthorizationCodeGrant(
+        ctx.session,
+        Discovery(ctx.session, settings.issuer, timeout=ctx.timeout, clock=ctx.clock),
+        client_id=settings.client_id,
+        client_secret=settings.client_secret,
+        redirect_uri=settings.redirect_uri,
+        scopes=settings.scopes,
+        timeout=ctx.timeout,
+        clock=ctx.clock,
+    )
+
+
+def _machine(settings: ConnectionSettings, ctx: GrantContext) -> dict[str, Any]:
+    """The arguments every machine-credential grant takes."""
+    assert settings.token_url is not None  # every machine provider has one, or a default
+    return {
+        "session": ctx.session,
+        "token_url": settings.token_url,
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret,
+        "timeout": ctx.timeout,
+        "clock": ctx.clock,
+    }
+
+
+def _client_credentials(settings: ConnectionSettings, ctx: GrantContext) -> Grant:
+    return ClientCredentialsGrant(
+        **_machine(settings, ctx),
+        auth_method=settings.auth_method,
+        scopes=settings.scopes,
+        audience=settings.audience,
+        extra=tuple((name, plain(value)) for name, value in settings.token_params),
+        revocation_url=settings.revocation_url,
+    )
+
+
+def _nomba(settings: ConnectionSettings, ctx: GrantContext) -> Grant:
+    assert settings.account_id is not None  # required for this provider
+    return NombaGrant(**_machine(settings, ctx), account_id=settings.account_id)
+
+
+def _nitro(settings: ConnectionSettings, ctx: GrantContext) -> Grant:
+    return NitroGrant(**_machine(settings, ctx))
+
+
+GRANTS: Final[Mapping[str, Callable[[ConnectionSettings, GrantContext], Grant]]] = {
+    "nmbrs": _nmbrs,
+    "client_credentials": _client_credentials,
+    "nomba": _nomba,
+    "nitro": _nitro,
+}
+
+
+def fixed_headers(settings: ConnectionSettings) -> dict[str, str]:
+    """Headers sent with every request besides the bearer token and the subscription key,
+    replacing a client's own: Nomba's account id, and the configured `headers`."""
+    out: dict[str, str] = {}
+    if settings.account_id is not None:
+        out[ACCOUNT_HEADER] = settings.account_id
+    out.update((name, plain(value)) for name, value in settings.headers)
+    return out
 
 
 @dataclass
@@ -35,12 +126,13 @@ class UpstreamCounters:
 @dataclass
 class Connection:
     settings: ConnectionSettings
-    grant: AuthorizationCodeGrant
+    grant: Grant
     manager: TokenManager
     timeout: aiohttp.ClientTimeout
     shaper: Shaper
-    default_headers: dict[str, str] = field(default_factory=dict)
-    # Fixed credentials sent with every request besides the bearer token and subscription key.
+    default_headers: Mapping[str, str] = field(default_factory=dict)
+    # Fixed headers sent with every request besides the bearer token and subscription key
+    # (see `fixed_headers`).
     static_credentials: dict[str, str] = field(default_factory=dict, repr=False)
     keys: KeyRing | None = None
     cache: ResponseCache | None = None
@@ -49,6 +141,16 @@ class Connection:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def consent(self) -> AuthorizationCodeGrant | None:
+        """The grant a person links by consenting; None for machine credentials."""
+        return self.grant if isinstance(self.grant, AuthorizationCodeGrant) else None
+
+    @property
+    def gateway_keyed(self) -> bool:
+        """A gateway checks a subscription key first: its 401s are not about the token."""
+        return self.keys is not None
 
     def credentials(self, access_token: str, key: int | None = None) -> dict[str, str]:
         """The bearer token, and the subscription key number `key` (default: the current one)."""
@@ -75,22 +177,14 @@ def build_connection(
     *,
     session: aiohttp.ClientSession,
     store: TokenStore,
-    clock: Callable[[], float],
+    clock: Clock,
 ) -> Connection:
     timeout = aiohttp.ClientTimeout(
         total=None,
         sock_connect=settings.connect_timeout_seconds,
         sock_read=settings.read_timeout_seconds,
     )
-    grant = AuthorizationCodeGrant(
-        session,
-        Discovery(session, settings.issuer, timeout=timeout, clock=clock),
-        client_id=settings.client_id,
-        client_secret=settings.client_secret,
-        scopes=settings.scopes,
-        timeout=timeout,
-        clock=clock,
-    )
+    grant = GRANTS[settings.provider](settings, GrantContext(session, timeout, clock))
     manager = TokenManager(
         settings.name, grant, store, refresh_margin=settings.refresh_margin_seconds, clock=clock
     )
@@ -110,6 +204,7 @@ def build_connection(
         timeout=timeout,
         shaper=shaper,
         default_headers=_PROVIDER_DEFAULT_HEADERS.get(settings.provider, {}),
+        static_credentials=fixed_headers(settings),
         keys=KeyRing(settings.name, keys) if keys else None,
         cache=None if settings.cache is None else ResponseCache(settings.cache),
     )

@@ -36,9 +36,14 @@ def _bearer_challenge(headers: MultiMapping[str]) -> bool:
     )
 
 
-def rejects_token(status: int, headers: MultiMapping[str]) -> bool:
-    """RFC 6750 §3: the API (not a gateway) refused the access token itself."""
-    return status == 401 and _bearer_challenge(headers)
+def rejects_token(status: int, headers: MultiMapping[str], *, gateway_keyed: bool = True) -> bool:
+    """The API (not a gateway) refused the access token itself.
+
+    Behind a subscription-key gateway a 401 may be about the key: only the RFC 6750 §3 bearer
+    challenge means the token. An upstream with no such gateway (Nomba, Nitro, most
+    client-credentials APIs) means the token by any 401, since many answer without a challenge.
+    """
+    return status == 401 and (not gateway_keyed or _bearer_challenge(headers))
 
 
 def may_reject_key(status: int, headers: MultiMapping[str]) -> bool:

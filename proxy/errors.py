@@ -8,6 +8,7 @@ ProxyError
 ├── TooManyRequests       429  the connection's request limit is reached (with Retry-After)
 ├── HeadersTooLarge       431  more header bytes or fields than the proxy accepts
 ├── ConsentRequired       503  the grant is gone: a person must link the account again
+├── CredentialsRefused    503  the provider refuses the machine credentials: fix the config
 ├── TokenUnavailable      503  no usable token right now (identity service unreachable, ...)
 ├── BadGateway            502  the upstream could not be reached or broke the exchange
 └── GatewayTimeout        504  the upstream did not answer in time
@@ -109,6 +110,12 @@ class ConsentRequired(ProxyError):
     status = 503
     slug = "consent-required"
     title = "The account must be linked again"
+
+
+class CredentialsRefused(ProxyError):
+    status = 503
+    slug = "credentials-refused"
+    title = "The provider refuses the connection's credentials"
 
 
 class TokenUnavailable(ProxyError):

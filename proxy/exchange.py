@@ -109,7 +109,7 @@ class _Attempts:
     async def after_answer(self, answer: Answer, token: str, key: int | None) -> float | None:
         """None: this answer goes to the client. Else: seconds to wait before the next try."""
         status, headers = answer.response.status, answer.response.headers
-        if rejects_token(status, headers):
+        if rejects_token(status, headers, gateway_keyed=self.connection.gateway_keyed):
             return await self._token_refused(answer, token)
         keys = self.connection.keys
         if keys is not None and key is not None and len(keys) > 1 and may_reject_key(

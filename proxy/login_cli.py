@@ -32,6 +32,7 @@ from proxy.oauth.protocol import (
     new_state,
     pkce_challenge,
 )
+from proxy.tokens.grants import AuthorizationCodeGrant
 from proxy.tokens.store import FileStore, StoreError
 
 Clock = Callable[[], float]
@@ -92,23 +93,30 @@ async def _login(
     clock: Clock,
 ) -> None:
     settings = connection.settings
+    grant = connection.consent
+    if grant is None:
+        raise _LoginFailed(
+            f"connection {settings.name!r} uses machine credentials ({settings.provider}): "
+            "the proxy fetches its tokens by itself, so there is nothing to link"
+        )
     try:
         await connection.manager.load()  # so the new set's version follows the stored one
     except StoreError as exc:
         raise _LoginFailed(str(exc)) from None
     try:
-        endpoints = await connection.grant.discovery.endpoints()
+        endpoints = await grant.discovery.endpoints()
     except GrantError as exc:
         raise _LoginFailed(
-            f"cannot read the discovery document of {settings.issuer}: {_grant_error(exc)}"
+            f"cannot read the discovery document of {grant.discovery.issuer}: "
+            f"{_grant_error(exc)}"
         ) from None
 
     state, verifier = new_state(), new_pkce_verifier()
     url = authorize_url(
         endpoints.authorization,
-        client_id=settings.client_id,
-        redirect_uri=settings.redirect_uri,
-        scopes=settings.scopes,
+        client_id=grant.client_id,
+        redirect_uri=grant.redirect_uri,
+        scopes=grant.scopes,
         state=state,
         code_challenge=pkce_challenge(verifier),
     )
@@ -118,17 +126,18 @@ async def _login(
     say("")
 
     arrived: asyncio.Future[_Arrival] = asyncio.get_running_loop().create_future()
-    runner = await _listen(settings.redirect_uri, arrived, say) if listen else None
+    runner = await _listen(grant.redirect_uri, arrived, say) if listen else None
     arrival: _Arrival | None = None
     try:
         if runner is None:
             say("Then paste the address the browser was sent to (it starts with ")
-            say(f"{settings.redirect_uri}) here and press Enter:")
+            say(f"{grant.redirect_uri}) here and press Enter:")
         else:
             say("Waiting for the browser to come back (or paste the address it was sent to):")
         arrival = await _wait(arrived, stdin, say, waiting_for_browser=runner is not None)
         page = await _finish(
-            connection, arrival.params, state=state, verifier=verifier, say=say, clock=clock
+            connection, grant, arrival.params, state=state, verifier=verifier, say=say,
+            clock=clock,
         )
         _show(arrival, page)
     except _LoginFailed as failure:
@@ -149,6 +158,7 @@ def _show(arrival: _Arrival, page: str) -> None:
 
 async def _finish(
     connection: Connection,
+    grant: AuthorizationCodeGrant,
     params: Mapping[str, str],
     *,
     state: str,
@@ -175,8 +185,8 @@ async def _finish(
         raise _LoginFailed("the address has no authorization code")
     settings = connection.settings
     try:
-        tokens = await connection.grant.exchange_code(
-            code, redirect_uri=settings.redirect_uri, code_verifier=verifier
+        tokens = await grant.exchange_code(
+            code, redirect_uri=grant.redirect_uri, code_verifier=verifier
         )
     except GrantError as exc:
         hint = " (codes are single use and expire within minutes)" if exc.fatal else ""

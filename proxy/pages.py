@@ -118,6 +118,8 @@ class ConnectionRow:
     upstream: str
     client_id: str
     status: TokenStatus
+    # False for machine credentials: the proxy fetches their tokens, nobody links them.
+    interactive: bool = True
 
 
 def status_page(rows: Sequence[ConnectionRow], *, now: float) -> str:
@@ -151,7 +153,7 @@ def _status_row(row: ConnectionRow, now: float) -> str:
         ),
         f"<code>{esc(row.prefix)}</code><br><small>→ {esc(row.upstream)}</small>",
         "yes" if status.linked else "no",
-        _state_cell(status),
+        _state_cell(status, interactive=row.interactive),
         _expiry_cell(status, now),
         " ".join(f"<code>{esc(scope)}</code>" for scope in status.scopes) or "—",
         _refresh_age_cell(status, now),
@@ -161,12 +163,16 @@ def _status_row(row: ConnectionRow, now: float) -> str:
     return "<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>"
 
 
-def _state_cell(status: TokenStatus) -> str:
-    if not status.linked:
+def _state_cell(status: TokenStatus, *, interactive: bool) -> str:
+    if not status.linked and not interactive:
+        badge = '<span class="badge none">no token yet</span> <small>fetched automatically</small>'
+    elif not status.linked:
         return '<span class="badge none">not linked</span> <small>needs consent</small>'
-    badge = f'<span class="badge {esc(status.state.value)}">{esc(status.state.value)}</span>'
+    else:
+        badge = f'<span class="badge {esc(status.state.value)}">{esc(status.state.value)}</span>'
     if status.needs_consent:
-        badge += ' <span class="badge consent">needs consent</span>'
+        refused = "credentials refused" if not interactive else "needs consent"
+        badge += f' <span class="badge consent">{refused}</span>'
     return badge
 
 
@@ -184,6 +190,8 @@ def _refresh_age_cell(status: TokenStatus, now: float) -> str:
 
 
 def _action_cell(row: ConnectionRow) -> str:
+    if not row.interactive:
+        return "<small>machine credentials: no consent needed</small>"
     href = esc(login_href(row.name))
     if not row.status.linked:
         return f'<a class="button" href="{href}">Connect</a>'

@@ -39,6 +39,11 @@ class Secret:
         return bool(self._value)
 
 
+def plain(value: str | Secret) -> str:
+    """The text of a value that may or may not be held as a Secret."""
+    return value.reveal() if isinstance(value, Secret) else value
+
+
 def revealed_in(tree: object) -> Iterator[str]:
     """The value of every Secret inside `tree`: dataclasses, tuples, lists and mappings are
     walked (so the redaction filter can mask configured secrets, whatever holds them)."""

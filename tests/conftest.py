@@ -268,6 +268,7 @@ SCOPES = ("offline_access", "company.info.read", "employee.info.read", "employee
 class RunningSandbox:
     sandbox: Any  # proxy.sandbox.Sandbox
     url: str
+    key: str = "sandbox-subscription-key"  # the subscription key its gateway accepts
 
     def tokens(self, *, now: float | None = None) -> TokenSet:
         """A token set as if a person had just consented (the sandbox minted a grant)."""
@@ -279,26 +280,28 @@ class RunningSandbox:
 
     def connection(self, name: str = "nmbrs", **overrides: Any) -> ConnectionSettings:
         options: dict[str, Any] = {"upstream": self.url, "issuer": self.url,
-                                   "subscription_key": Secret(DEMO_KEY), **overrides}
+                                   "subscription_key": Secret(self.key), **overrides}
         return connection_settings(name, **options)
 
 
 DEMO_KEY = "sandbox-subscription-key"
 
 
-async def start_running_sandbox(**settings: Any) -> tuple[RunningSandbox, TestServer]:
+async def start_running_sandbox(
+    *, subscription_key: str = DEMO_KEY, **settings: Any
+) -> tuple[RunningSandbox, TestServer]:
     from proxy.sandbox import Sandbox, SandboxClient, SandboxSettings  # noqa: PLC0415
 
     client = SandboxClient(client_id=CLIENT_ID, client_secret=CLIENT_SECRET,
                            redirect_uris=("http://127.0.0.1:8080/_proxy/callback",),
                            allowed_scopes=frozenset(SCOPES))
-    settings.setdefault("subscription_keys", frozenset({DEMO_KEY}))
+    settings.setdefault("subscription_keys", frozenset({subscription_key}))
     sandbox = Sandbox(SandboxSettings(clients=(client,), **settings))
     server = TestServer(sandbox.app(), host="127.0.0.1")
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
     sandbox.base_url = url
-    return RunningSandbox(sandbox, url), server
+    return RunningSandbox(sandbox, url, subscription_key), server
 
 
 @pytest.fixture

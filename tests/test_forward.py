@@ -12,11 +12,13 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from proxy.secret import Secret
 from tests.conftest import (
     GZIPPED,
     SUBSCRIPTION_KEY,
     ProxyFactory,
     RecordingUpstream,
+    RunningSandbox,
     connection_settings,
     token_set,
 )
@@ -272,3 +274,40 @@ async def test_a_redirect_to_the_upstream_stays_on_the_proxy(
     response = await proxy.get(f"/acme/redirect?to={target}", allow_redirects=False)
     assert response.status == 302
     assert response.headers["Location"] == f"http://127.0.0.1:{proxy.port}/acme/api/next?page=2"
+
+
+async def test_configured_headers_replace_the_clients_and_the_provider_defaults(
+    upstream: RecordingUpstream, make_proxy: ProxyFactory
+) -> None:
+    settings = connection_settings(
+        upstream=upstream.url,
+        headers=(("X-Tenant", "acme"), ("Accept", "application/vnd.acme+json")),
+    )
+    proxy = await make_proxy(settings, tokens={"nmbrs": token_set()})
+    response = await proxy.get("/api/x", headers={"x-tenant": "globex", "Accept": "*/*",
+                                                  "X-Other": "kept"})
+    assert response.status == 200
+    seen = upstream.seen[-1].headers
+    assert seen["x-tenant"] == ["acme"]
+    assert seen["accept"] == ["application/vnd.acme+json"]
+    assert seen["x-other"] == ["kept"]
+
+
+async def test_a_clients_accept_wins_over_the_provider_default(
+    upstream: RecordingUpstream, make_proxy: ProxyFactory
+) -> None:
+    proxy = await make_proxy(connection_settings(upstream=upstream.url),
+                             tokens={"nmbrs": token_set()})
+    await proxy.get("/api/x", headers={"Accept": "application/pdf"})
+    assert upstream.seen[-1].headers["accept"] == ["application/pdf"]
+
+
+async def test_behind_a_key_gateway_a_401_without_a_bearer_challenge_is_not_about_the_token(
+    nmbrs: RunningSandbox, make_proxy: ProxyFactory
+) -> None:
+    proxy = await make_proxy(nmbrs.connection(subscription_key=Secret("wrong-key")),
+                             tokens={"nmbrs": nmbrs.tokens()})
+    response = await proxy.get("/api/companies")
+    assert response.status == 401  # the gateway's answer, passed on
+    assert "subscription key" in (await response.json())["message"]
+    assert nmbrs.sandbox.stats.token_requests.total() == 0  # no refresh for that

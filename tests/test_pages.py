@@ -46,7 +46,7 @@ FRESH = replace(
 )
 
 
-def row(status: TokenStatus, **overrides: str) -> ConnectionRow:
+def row(status: TokenStatus, *, interactive: bool = True, **overrides: str) -> ConnectionRow:
     fields = {
         "name": "nmbrs",
         "provider": "nmbrs",
@@ -55,7 +55,7 @@ def row(status: TokenStatus, **overrides: str) -> ConnectionRow:
         "client_id": "PartnerApp_x*$y",
         **overrides,
     }
-    return ConnectionRow(status=status, **fields)
+    return ConnectionRow(status=status, interactive=interactive, **fields)
 
 
 def cells(page: str) -> list[str]:
@@ -157,6 +157,37 @@ def test_status_page_rows(status: TokenStatus, present: list[str], absent: list[
     for text in absent:
         assert text not in page
     assert 'href="/_proxy/login?connection=nmbrs"' in page
+    assert len(cells(page)) == 9
+
+
+@pytest.mark.parametrize(
+    ("status", "present"),
+    [
+        (
+            UNLINKED,
+            ['<span class="badge none">no token yet</span> <small>fetched automatically</small>',
+             "0 of 1 connection ready"],
+        ),
+        (
+            replace(FRESH, refresh_issued_at=None, scopes=()),
+            ['<span class="badge fresh">fresh</span>', "no refresh token", "in 55 min"],
+        ),
+        (
+            replace(FRESH, state=TokenState.INVALID, ready=False, needs_consent=True,
+                    expires_at=NOW - 300, last_error="invalid_client"),
+            ['<span class="badge consent">credentials refused</span>',
+             "<code>invalid_client</code>"],
+        ),
+    ],
+)
+def test_machine_credentials_rows_offer_no_consent(status: TokenStatus,
+                                                   present: list[str]) -> None:
+    page = status_page([row(status, interactive=False, provider="nomba")], now=NOW)
+    for text in present:
+        assert text in page
+    assert "machine credentials: no consent needed" in page
+    for text in ("Connect</a>", "/_proxy/login", "needs consent", "not linked"):
+        assert text not in page
     assert len(cells(page)) == 9
 
 

@@ -41,6 +41,7 @@ from proxy.oauth.protocol import (
 )
 from proxy.secret import Secret
 from proxy.state import PROXY_STATE
+from proxy.tokens.grants import AuthorizationCodeGrant
 from proxy.tokens.model import TokenSet
 from proxy.tokens.store import StoreError, write_atomically
 
@@ -213,7 +214,8 @@ class Consent:
 
     def storage_for(self, connection: Connection) -> EncryptedCookieStorage:
         """Secure cookies when the browser comes back over https."""
-        return self.storages[URL(connection.settings.redirect_uri).scheme == "https"]
+        grant = connection.consent
+        return self.storages[grant is not None and URL(grant.redirect_uri).scheme == "https"]
 
     async def load(self, request: web.Request) -> Session:
         return await self.storages[False].load_session(request)
@@ -235,7 +237,8 @@ def setup_consent(app: web.Application, settings: Settings, *, clock: Clock = ti
     app.router.add_get("/_proxy", _to_status_page)
     app.router.add_get(pages.STATUS_PATH, status)
     app.router.add_get(pages.LOGIN_PATH, login)
-    for path in sorted({callback_path(c.redirect_uri) for c in settings.connections}):
+    redirect_uris = {c.redirect_uri for c in settings.connections if c.redirect_uri is not None}
+    for path in sorted({callback_path(uri) for uri in redirect_uris}):
         # A plain resource: a path with "{" in it is not mistaken for a route pattern.
         resource = web.PlainResource(path)
         app.router.register_resource(resource)
@@ -285,6 +288,7 @@ async def status(request: web.Request) -> web.Response:
             upstream=c.settings.upstream,
             client_id=c.settings.client_id,
             status=c.manager.status(),
+            interactive=c.consent is not None,
         )
         for c in state.connections.values()
     ]
@@ -310,13 +314,21 @@ async def login(request: web.Request) -> web.Response:
             f"No connection is configured with the name {_shown(name)!r}.",
             "Configured: " + (", ".join(sorted(connections)) or "none") + ".",
         )
+    grant = connection.consent
+    if grant is None:
+        return _problem(
+            400,
+            "No consent needed",
+            f"Connection {name!r} uses machine credentials ({connection.settings.provider}): "
+            "the proxy fetches its tokens by itself, so there is nothing to link.",
+        )
     try:
-        endpoints = await connection.grant.discovery.endpoints()
+        endpoints = await grant.discovery.endpoints()
     except GrantError as exc:
         return _problem(
             502,
             "The identity service cannot be reached",
-            f"Reading the discovery document of {connection.settings.issuer} failed: "
+            f"Reading the discovery document of {grant.discovery.issuer} failed: "
             f"{exc.error}"
             + (
                 f" ({_shown(exc.description, hide=_secret_values(connection))})"
@@ -339,9 +351,9 @@ async def login(request: web.Request) -> web.Response:
 
     location = authorize_url(
         endpoints.authorization,
-        client_id=connection.settings.client_id,
-        redirect_uri=connection.settings.redirect_uri,
-        scopes=connection.settings.scopes,
+        client_id=grant.client_id,
+        redirect_uri=grant.redirect_uri,
+        scopes=grant.scopes,
         state=state,
         code_challenge=pkce_challenge(verifier),
     )
@@ -404,7 +416,7 @@ async def _complete(
 ) -> web.Response:
     retry = started.connection if started is not None and connection is not None else None
     _check_error_answer(request.query, retry)
-    started, connection = _check_login(request, consent, started, connection)
+    started, connection, grant = _check_login(request, consent, started, connection)
     code = request.query.get("code", "")
     if not code:
         raise _Refusal(
@@ -413,7 +425,7 @@ async def _complete(
             "The identity service came back without an authorization code.",
             retry_connection=retry,
         )
-    tokens = await _exchange(connection, code, started.verifier)
+    tokens = await _exchange(connection, grant, code, started.verifier)
     warning = None
     try:
         await connection.manager.adopt(tokens)
@@ -454,7 +466,7 @@ def _check_login(
     consent: Consent,
     started: PendingLogin | None,
     connection: Connection | None,
-) -> tuple[PendingLogin, Connection]:
+) -> tuple[PendingLogin, Connection, AuthorizationCodeGrant]:
     """The login this callback answers, still valid and for a configured connection."""
     if not request.query.get("state"):
         raise _Refusal(
@@ -475,11 +487,12 @@ def _check_login(
             "page's address there instead.",
             "Otherwise, start the login again from the list of connections.",
         )
-    if connection is None:
+    grant = connection.consent if connection is not None else None
+    if connection is None or grant is None:
         raise _Refusal(
             400,
             "No such connection",
-            f"The connection {started.connection!r} is no longer configured.",
+            f"The connection {started.connection!r} is no longer configured for consent.",
         )
     if consent.clock() - started.created >= LOGIN_MAX_AGE_SECONDS:
         raise _Refusal(
@@ -488,21 +501,22 @@ def _check_login(
             f"A login must come back within {LOGIN_MAX_AGE_SECONDS // 60} minutes.",
             retry_connection=connection.name,
         )
-    if callback_path(connection.settings.redirect_uri) != request.rel_url.path_safe:
+    if callback_path(grant.redirect_uri) != request.rel_url.path_safe:
         raise _Refusal(
             400,
             "This sign-in came back to the wrong address",
-            f"The login for {connection.name!r} expects its callback at "
-            f"{connection.settings.redirect_uri}.",
+            f"The login for {connection.name!r} expects its callback at {grant.redirect_uri}.",
             retry_connection=connection.name,
         )
-    return started, connection
+    return started, connection, grant
 
 
-async def _exchange(connection: Connection, code: str, verifier: str) -> TokenSet:
+async def _exchange(
+    connection: Connection, grant: AuthorizationCodeGrant, code: str, verifier: str
+) -> TokenSet:
     try:
-        return await connection.grant.exchange_code(
-            code, redirect_uri=connection.settings.redirect_uri, code_verifier=verifier
+        return await grant.exchange_code(
+            code, redirect_uri=grant.redirect_uri, code_verifier=verifier
         )
     except GrantError as exc:
         log.warning("code exchange for connection %s failed: %s", connection.name, exc.error)

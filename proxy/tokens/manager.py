@@ -8,6 +8,11 @@ ever sees a STALE or INVALID token.
 A renewed set is saved before it is used. A failed refresh never discards the stored set:
 `invalid_grant` / `invalid_client` mark the connection as needing consent and keep the refresh
 token for inspection; other failures are retried with backoff while the current token serves.
+
+Machine credentials (a grant that is not `interactive`) need no person: with no token, one is
+fetched at start and by the first request. When the provider refuses them, requests fail fast
+as for consent, but the refresher keeps asking with backoff (up to once a minute): nothing can
+be burnt by asking again, and a fix at the provider heals the connection without a restart.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from proxy.errors import ConsentRequired, TokenUnavailable
+from proxy.errors import ConsentRequired, CredentialsRefused, TokenUnavailable
 from proxy.oauth.protocol import GrantError
 from proxy.tokens.grants import Grant
 from proxy.tokens.model import TokenSet, TokenState, token_state
@@ -138,6 +143,27 @@ class TokenManager:
         if not saved:
             raise StoreError("the new token could not be saved; it serves from memory meanwhile")
 
+    async def revoke(self) -> bool:
+        """Revoke the stored set at the provider, then forget it; False when none is stored.
+
+        The set is removed from the store only after the provider confirmed: a GrantError
+        (refused, unreachable, not supported) leaves everything as it was.
+        """
+        inflight = self._inflight
+        if inflight is not None:  # let a running refresh land first, so its set is revoked
+            with contextlib.suppress(ConsentRequired, CredentialsRefused, TokenUnavailable):
+                await asyncio.shield(inflight)
+        tokens = await self._store.load(self.connection) or self._tokens
+        if tokens is None:
+            return False
+        await self.grant.revoke(tokens)
+        await self._store.delete(self.connection)
+        self._tokens = None
+        self._unsaved = False
+        self._changed.set()
+        log.info("revoked the token of connection %s at the provider", self.connection)
+        return True
+
     def status(self) -> TokenStatus:
         tokens = self._tokens
         now = self._clock()
@@ -165,7 +191,7 @@ class TokenManager:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), delay)
                 continue
-            with contextlib.suppress(ConsentRequired, TokenUnavailable):
+            with contextlib.suppress(ConsentRequired, CredentialsRefused, TokenUnavailable):
                 if self._unsaved and self._tokens is not None:
                     await self._save(self._tokens)
                 else:
@@ -188,7 +214,7 @@ class TokenManager:
     def _next_refresh_delay(self) -> float | None:
         """Seconds until the refresher should act; None: nothing to do until something changes."""
         tokens = self._tokens
-        if self._needs_consent or (tokens is None and self.grant.interactive):
+        if self.grant.interactive and (self._needs_consent or tokens is None):
             return None
         now = self._clock()
         if self._failures:
@@ -234,6 +260,15 @@ class TokenManager:
         except GrantError as exc:
             self._last_error = exc
             self._last_failure_at = self._clock()
+            if exc.fatal and not self.grant.interactive:
+                self._needs_consent = True
+                self._failures += 1  # asked again with backoff: nothing to burn
+                log.error(  # noqa: TRY400 - the traceback would say nothing more
+                    "the provider refused the credentials of connection %s: %s",
+                    self.connection,
+                    exc,
+                )
+                raise self._consent_error() from None
             if exc.fatal:
                 self._needs_consent = True
                 self._failures = 0
@@ -252,6 +287,7 @@ class TokenManager:
         # works: it serves from memory and the refresher keeps retrying the save.
         await self._save(renewed)
         self._tokens = renewed
+        self._needs_consent = False
         self._last_error = None
         self._last_failure_at = None
         self._failures = 0
@@ -271,7 +307,14 @@ class TokenManager:
         self._unsaved = False
         return True
 
-    def _consent_error(self) -> ConsentRequired:
+    def _consent_error(self) -> ConsentRequired | CredentialsRefused:
+        if not self.grant.interactive:
+            said = str(self._last_error) if self._last_error else "refused"
+            return CredentialsRefused(
+                f"the provider refused the credentials of connection {self.connection!r} "
+                f"({said}); check its client_id, client_secret and account settings",
+                connection=self.connection,
+            )
         reason = self._last_error.error if self._last_error else "not linked yet"
         return ConsentRequired(
             f"connection {self.connection!r} needs consent ({reason}): "

@@ -92,7 +92,7 @@ async def make_env(
             )
             for spec in specs
         )
-        register_client(sandbox, [c.redirect_uri for c in connections])
+        register_client(sandbox, [c.redirect_uri for c in connections if c.redirect_uri])
         store_path = tmp_path / "state" / "tokens.json"
         settings = Settings(
             store=StoreSettings(path=store_path),

@@ -415,7 +415,8 @@ async def test_pages_forbid_framing_and_referrers(env: Env) -> None:
 async def test_discovery_failure_gives_a_clear_page(make_env: MakeEnv) -> None:
     env = await make_env()
     connection = env.app[PROXY_STATE].connections["nmbrs"]
-    connection.grant.discovery._issuer = "http://127.0.0.1:9"  # nothing listens there
+    assert connection.consent is not None
+    connection.consent.discovery.issuer = "http://127.0.0.1:9"  # nothing listens there
     hop = await env.browser.login("nmbrs")
     assert hop.status == 502
     assert "temporarily_unavailable" in hop.text

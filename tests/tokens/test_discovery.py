@@ -17,6 +17,7 @@ from tests.clock import FakeClock
 from tests.conftest import token_set
 
 TIMEOUT = aiohttp.ClientTimeout(total=5)
+REDIRECT_URI = "http://127.0.0.1:8080/_proxy/callback"
 
 
 @dataclass
@@ -116,7 +117,8 @@ async def test_a_token_endpoint_that_is_gone_makes_the_grant_read_the_document_a
     clock = FakeClock()
     discovery = Discovery(session, identity.url, timeout=TIMEOUT, clock=clock, ttl=3600)
     grant = AuthorizationCodeGrant(session, discovery, client_id="c", client_secret=Secret("s"),
-                                   scopes=("offline_access",), timeout=TIMEOUT, clock=clock)
+                                   redirect_uri=REDIRECT_URI, scopes=("offline_access",),
+                                   timeout=TIMEOUT, clock=clock)
     await discovery.endpoints()
     identity.token_path = "/connect/token2"  # moved; the cached document still says /token
     with pytest.raises(GrantError):
@@ -137,8 +139,8 @@ async def test_an_unreachable_token_endpoint_makes_the_grant_read_the_document_a
 ) -> None:
     discovery = Discovery(session, identity.url, timeout=TIMEOUT)
     grant = AuthorizationCodeGrant(session, discovery, client_id="c", client_secret=Secret("s"),
-                                   scopes=("offline_access",), timeout=TIMEOUT,
-                                   clock=FakeClock())
+                                   redirect_uri=REDIRECT_URI, scopes=("offline_access",),
+                                   timeout=TIMEOUT, clock=FakeClock())
     identity.token_endpoint = "http://127.0.0.1:9/connect/token"  # nothing listens on port 9
     with pytest.raises(GrantError) as failed:
         await grant.renew(token_set())
