@@ -1,4 +1,5 @@
-"""The command line: serve | demo | login | status | check-config | hash-key | sandbox.
+"""The command line: serve | demo | login | status | revoke | check-config | hash-key |
+sandbox.
 
 Exit codes: 0 success, 1 the command failed, 2 the configuration is invalid.
 """
@@ -14,10 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
+import aiohttp
 from aiohttp import web
 
 from proxy import redact
 from proxy.config import ConfigError, Settings, config_path, load
+from proxy.oauth.protocol import GrantError
 from proxy.policy import bind_problem, exposure_warning, hash_key, new_key
 from proxy.secret import revealed_in
 from proxy.tokens.model import token_state
@@ -66,6 +69,47 @@ def _login(args: argparse.Namespace, settings: Settings) -> int:
     return code
 
 
+def _revoke(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(revoke_connection(settings, args.connection, out=sys.stdout))
+
+
+async def revoke_connection(settings: Settings, name: str, *, out: TextIO) -> int:
+    """Revoke the stored token set of connection `name` at its provider, then forget it.
+
+    The set leaves the store only after the provider confirmed; otherwise it stays as it was.
+    """
+    from proxy.connection import build_connection  # noqa: PLC0415 - keeps the other commands light
+
+    chosen = next((c for c in settings.connections if c.name == name), None)
+    if chosen is None:
+        names = ", ".join(c.name for c in settings.connections) or "none"
+        print(f"error: no connection is named {name!r} (configured: {names})", file=out)
+        return EXIT_FAILED
+    async with aiohttp.ClientSession(trust_env=False) as session:
+        connection = build_connection(
+            chosen, session=session, store=FileStore(settings.store.path), clock=time.time
+        )
+        try:
+            revoked = await connection.manager.revoke()
+        except GrantError as exc:
+            said = f"{exc.error} ({exc.description})" if exc.description else exc.error
+            print(f"error: {chosen.provider} did not confirm revoking the token of connection "
+                  f"{name!r}: {said}; the stored token is kept", file=out)
+            return EXIT_FAILED
+        except StoreError as exc:
+            print(f"error: connection {name!r}: {exc}", file=out)
+            return EXIT_FAILED
+    if not revoked:
+        print(f"connection {name!r} holds no token: nothing to revoke", file=out)
+        return 0
+    after = ("a person must link it again (/_proxy/ or `nmbrs-proxy login`)"
+             if connection.consent is not None
+             else "the proxy fetches a new token with its credentials when one is needed")
+    print(f"revoked the token of connection {name!r} at {chosen.provider} and removed it from "
+          f"the store; {after}", file=out)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from proxy.demo import run_demo  # noqa: PLC0415 - only the demo needs the sandbox
 
@@ -97,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_with_settings(_check_config))
     status = with_config("status", "show each connection's token state (no secrets)")
     status.set_defaults(run=_with_settings(lambda _a, s: asyncio.run(_status(s, sys.stdout))))
+    revoke = with_config("revoke", "revoke a connection's token at its provider and forget it")
+    revoke.set_defaults(run=_with_settings(_revoke))
+    revoke.add_argument("--connection", required=True)
     login = with_config("login", "link a connection from a terminal")
     login.set_defaults(run=_with_settings(_login))
     login.add_argument("--connection", required=True)
@@ -187,6 +234,10 @@ async def _status(settings: Settings, out: TextIO) -> int:
         except StoreError as error:
             print(f"{connection.name}: store error: {error}", file=out)
             return EXIT_FAILED
+        if tokens is None and not connection.interactive:
+            print(f"{connection.name}: no token yet (the proxy fetches one with the "
+                  f"{connection.provider} credentials when it runs)", file=out)
+            continue
         if tokens is None:
             print(f"{connection.name}: not linked (run `nmbrs-proxy login --connection "
                   f"{connection.name}` or visit /_proxy/)", file=out)
@@ -197,7 +248,8 @@ async def _status(settings: Settings, out: TextIO) -> int:
             "none" if tokens.refresh_issued_at is None
             else f"{(now - tokens.refresh_issued_at) / 86400:.1f} days old"
         )
-        print(f"{connection.name}: linked, access token {state.value}, expires {expiry}, "
+        linked = "linked" if connection.interactive else "has a token"
+        print(f"{connection.name}: {linked}, access token {state.value}, expires {expiry}, "
               f"refresh token {refresh_age}, scopes {' '.join(tokens.scopes) or '-'}", file=out)
     return 0
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import TestServer
 
-from proxy.cli import main
+from proxy.cli import main, revoke_connection
+from proxy.config import Settings, StoreSettings
+from proxy.secret import Secret
 from proxy.tokens.store import FileStore
-from tests.conftest import token_set
+from tests.conftest import RunningSandbox, token_set
 
 ROOT = Path(__file__).parents[1]
 GOOD = """
@@ -83,8 +88,6 @@ async def test_status_shows_state_but_no_secret(
     await FileStore(tmp_path / "state" / "tokens.json").save(
         "nmbrs", token_set("access-zz9", refresh_token="refresh-zz9"))
     # `main` runs its own event loop: call it from a worker thread
-    import asyncio  # noqa: PLC0415
-
     code = await asyncio.to_thread(main, ["status", "--config", str(tmp_path / "config.toml")])
     out = capsys.readouterr().out
     assert code == 0
@@ -98,3 +101,119 @@ def test_status_of_an_unlinked_connection(tmp_path: Path) -> None:
     result = _run("status", "--config", str(tmp_path / "config.toml"), env=SECRETS)
     assert result.returncode == 0
     assert "nmbrs: not linked" in result.stdout
+
+
+# --- machine connections, and revoke ---------------------------------------------------------
+
+MACHINE = """
+[store]
+path = "state/tokens.json"
+[connections.nomba]
+provider = "nomba"
+prefix = "/nomba/"
+upstream = "{url}"
+token_url = "{url}/v1/auth/token"
+client_id = "nomba-client"
+client_secret = "env:TEST_CLIENT_SECRET"
+account_id = "acc-1"
+[connections.nitro]
+provider = "nitro"
+prefix = "/nitro/"
+upstream = "{url}"
+token_url = "{url}/oauth/token"
+client_id = "nitro-client"
+client_secret = "env:TEST_CLIENT_SECRET"
+"""
+
+
+async def _run_async(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """The CLI in a real process, while this test's event loop keeps serving the fakes."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", *args, cwd=ROOT, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_revoke_from_the_command_line(tmp_path: Path) -> None:
+    from proxy.sandbox import MachineClient, MachineSettings, NombaSandbox  # noqa: PLC0415
+
+    client = MachineClient("nomba-client", "client-secret-zz9", account_id="acc-1")
+    fake = NombaSandbox(MachineSettings(clients=(client,)))
+    server = TestServer(fake.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        url = str(server.make_url("")).rstrip("/")
+        config = tmp_path / "config.toml"
+        config.write_text(MACHINE.format(url=url))
+        store = FileStore(tmp_path / "state" / "tokens.json")
+        issued = fake.issue(client, with_refresh=True)
+        for name in ("nomba", "nitro"):
+            await store.save(name, token_set(issued.access_token, refresh_token="r-zz9"))
+
+        code, out, _ = await _run_async("revoke", "--connection", "nomba", "--config",
+                                        str(config), env=SECRETS)
+        assert code == 0, out
+        assert "revoked the token of connection 'nomba' at nomba" in out
+        assert fake.is_revoked(issued.access_token)
+        assert await store.load("nomba") is None
+
+        code, out, _ = await _run_async("revoke", "--connection", "nitro", "--config",
+                                        str(config), env=SECRETS)
+        assert code == 1
+        assert "nitro did not confirm revoking the token of connection 'nitro'" in out
+        assert await store.load("nitro") is not None
+
+        code, out, _ = await _run_async("status", "--config", str(config), env=SECRETS)
+        assert code == 0
+        assert "nomba: no token yet (the proxy fetches one with the nomba credentials" in out
+        assert "nitro: has a token, access token fresh" in out
+        assert "zz9" not in out
+    finally:
+        await server.close()
+
+
+async def test_revoke_an_nmbrs_grant_ends_its_refresh_token(
+    nmbrs: RunningSandbox, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "state" / "tokens.json"
+    tokens = nmbrs.tokens()
+    await FileStore(store_path).save("nmbrs", tokens)
+    settings = Settings(store=StoreSettings(path=store_path), connections=(nmbrs.connection(),))
+    out = io.StringIO()
+
+    assert await revoke_connection(settings, "nmbrs", out=out) == 0, out.getvalue()
+
+    assert "a person must link it again" in out.getvalue()
+    assert nmbrs.sandbox.stats.revocations == 1
+    assert await FileStore(store_path).load("nmbrs") is None
+    grant = nmbrs.sandbox.grants.grant_of_refresh_token(tokens.refresh_token)
+    assert grant is not None
+    assert grant.refresh_revoked  # the identity service ended the grant
+
+
+async def test_revoke_keeps_the_grant_when_the_identity_service_refuses(
+    nmbrs: RunningSandbox, tmp_path: Path
+) -> None:
+    store_path = tmp_path / "state" / "tokens.json"
+    await FileStore(store_path).save("nmbrs", nmbrs.tokens())
+    connection = nmbrs.connection(client_secret=Secret("not-the-secret"))
+    settings = Settings(store=StoreSettings(path=store_path), connections=(connection,))
+    out = io.StringIO()
+
+    assert await revoke_connection(settings, "nmbrs", out=out) == 1
+
+    assert "nmbrs did not confirm revoking the token of connection 'nmbrs': invalid_client" \
+        in out.getvalue()
+    assert await FileStore(store_path).load("nmbrs") is not None
+    assert "not-the-secret" not in out.getvalue()
+
+
+def test_login_refuses_a_machine_connection(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(MACHINE.format(url="http://127.0.0.1:9"))
+    result = _run("login", "--connection", "nitro", "--no-listen", "--config",
+                  str(tmp_path / "config.toml"), env=SECRETS)
+    assert result.returncode == 1
+    assert "connection 'nitro' uses machine credentials (nitro)" in result.stdout
