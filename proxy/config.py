@@ -50,6 +50,8 @@ class ServerSettings:
     port: int = 8080
     # Serve requests that present no key even when [[clients]] exist or the bind is not loopback.
     allow_anonymous: bool = False
+    # On SIGTERM: how long requests in flight may take to finish before they are cut off.
+    shutdown_grace_seconds: float = 25.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class ConnectionSettings:
     issuer: str | None = None
     redirect_uri: str | None = None
     scopes: tuple[str, ...] = ()
+    # None: none configured (for nmbrs, a person may enter one on the /_proxy/ page).
     subscription_key: Secret | None = None
     # Machine credentials (client_credentials, nomba, nitro): where tokens come from.
     token_url: str | None = None
@@ -130,6 +133,8 @@ class ConnectionSettings:
     max_wait_seconds: float = 10.0
     retries: RetrySettings = field(default_factory=RetrySettings)
     cache: CacheSettings | None = None
+    # How long the identity service honours a refresh token; the page warns near its end.
+    refresh_token_lifetime_days: float = 30.0
 
     @property
     def subscription_keys(self) -> tuple[Secret, ...]:
@@ -721,6 +726,9 @@ def _server(table: _Reader) -> ServerSettings:
         host=table.get("host", _text, "127.0.0.1"),
         port=table.get("port", _port, 8080),
         allow_anonymous=table.get("allow_anonymous", _boolean, default=False),
+        shutdown_grace_seconds=table.get(
+            "shutdown_grace_seconds", _seconds(allow_zero=True), 25
+        ),
     )
     table.finish()
     return settings
@@ -805,6 +813,7 @@ _CONNECTION_KEYS: Final[Mapping[str, _Parser[Any]]] = {
     "max_concurrent": _count(1),
     "max_queue": _count(0),
     "max_wait_seconds": _seconds(allow_zero=True),
+    "refresh_token_lifetime_days": _seconds(allow_zero=False),
 }
 
 _COMMON_DEFAULTS: Final[Mapping[str, object]] = {
@@ -815,6 +824,7 @@ _COMMON_DEFAULTS: Final[Mapping[str, object]] = {
     "read_timeout_seconds": 60,
     "max_queue": 100,
     "max_wait_seconds": 10,
+    "refresh_token_lifetime_days": 30,
 }
 # Keys every provider takes that have no default: absent means "no such limit".
 _COMMON_OPTIONAL: Final = ("rate_per_second", "max_concurrent")
@@ -836,7 +846,9 @@ class _Provider:
 
 _PROVIDERS: Final[Mapping[str, _Provider]] = {
     "nmbrs": _Provider(
-        required=("client_id", "client_secret", "redirect_uri", "scopes", "subscription_key"),
+        required=("client_id", "client_secret", "redirect_uri", "scopes"),
+        # The subscription key may instead be entered on the /_proxy/ page.
+        optional=(*_COMMON_OPTIONAL, "subscription_key"),
         defaults={
             **_COMMON_DEFAULTS,
             "upstream": "https://api.nmbrsapp.com",
@@ -866,6 +878,7 @@ _PROVIDERS: Final[Mapping[str, _Provider]] = {
         },
     ),
 }
+
 
 def _quota(table: _Reader, *, rate_per_second: float | None) -> dict[str, Any]:
     """The keys that shape traffic to the upstream: burst, retries and the response cache."""

@@ -98,6 +98,8 @@ def test_minimal_config_takes_the_defaults(tmp_path: Path) -> None:
         methods=("GET", "HEAD", "PUT", "DELETE", "OPTIONS"), statuses=(429, 502, 503, 504),
     )
     assert connection.cache is None
+    assert connection.refresh_token_lifetime_days == 30.0
+    assert settings.server.shutdown_grace_seconds == 25.0
 
 
 def test_the_example_config_parses() -> None:
@@ -150,7 +152,7 @@ def test_the_example_documents_every_key() -> None:
         "provider", "prefix", "upstream", "subscription_key", "issuer", "client_id",
         "client_secret", "redirect_uri", "scopes", "refresh_margin_seconds",
         "connect_timeout_seconds", "read_timeout_seconds", "max_queue", "max_wait_seconds",
-        "retries",
+        "retries", "refresh_token_lifetime_days",
     }  # fmt: skip
     assert set(data["connections"]["nmbrs"]["retries"]) == {
         "count", "deadline_seconds", "backoff_seconds", "methods", "statuses",
@@ -158,6 +160,7 @@ def test_the_example_documents_every_key() -> None:
     for optional in ("rate_per_second", "burst", "max_concurrent", "[connections.nmbrs.cache]",
                      "paths", "ttl_seconds", "max_entries", "max_body_bytes"):
         assert f"# {optional}" in text, optional  # documented, shown commented out
+    assert set(data["server"]) == {"host", "port", "allow_anonymous", "shutdown_grace_seconds"}
     assert '# secret = "env:NMBRS_PROXY_SESSION_SECRET"' in text  # optional, shown commented out
 
 
@@ -284,6 +287,18 @@ def conn(settings: Settings) -> Any:
             lambda s: conn(s).cache,
             cache_settings("/**", ttl_seconds=5.0, max_entries=10, max_body_bytes=4096),
             id="cache-all",
+        ),
+        pytest.param(
+            {"server.shutdown_grace_seconds": 0},
+            lambda s: s.server.shutdown_grace_seconds,
+            0.0,
+            id="grace-zero-stops-at-once",
+        ),
+        pytest.param(
+            {f"{C}.refresh_token_lifetime_days": 14.5},
+            lambda s: conn(s).refresh_token_lifetime_days,
+            14.5,
+            id="refresh-token-lifetime",
         ),
         pytest.param(
             {"connections.acme": {**CONNECTION, "prefix": "/acme/"}},
@@ -721,6 +736,31 @@ RULES = [
         ],
         "cache-numbers",
     ),
+    (
+        {f"{C}.refresh_token_lifetime_days": 0},
+        [f"{C}.refresh_token_lifetime_days: must be greater than 0"],
+        "refresh-token-lifetime-zero",
+    ),
+    (
+        {f"{C}.refresh_token_lifetime_days": "30"},
+        [f"{C}.refresh_token_lifetime_days: expected a number, got a string"],
+        "refresh-token-lifetime-string",
+    ),
+    (
+        {"server.shutdown_grace_seconds": -1},
+        ["server.shutdown_grace_seconds: must be at least 0"],
+        "grace-negative",
+    ),
+    (
+        {"server.shutdown_grace_seconds": True},
+        ["server.shutdown_grace_seconds: expected a number, got a boolean"],
+        "grace-bool",
+    ),
+    (
+        {f"{C}.subscription_key": ""},
+        [f"{C}.subscription_key: must not be empty"],
+        "subscription-key-empty",
+    ),
 ]
 
 
@@ -731,11 +771,14 @@ def test_rules(tmp_path: Path, edits: dict[str, object], expected: list[str]) ->
     assert problems(config(edits), tmp_path) == tuple(expected)
 
 
-@pytest.mark.parametrize(
-    "key", ["client_id", "client_secret", "redirect_uri", "scopes", "subscription_key"]
-)
+@pytest.mark.parametrize("key", ["client_id", "client_secret", "redirect_uri", "scopes"])
 def test_nmbrs_required_keys(tmp_path: Path, key: str) -> None:
     assert problems(config({f"{C}.{key}": DELETE}), tmp_path) == (f"{C}.{key}: required",)
+
+
+def test_the_subscription_key_may_come_from_the_page_instead(tmp_path: Path) -> None:
+    settings = parse(config({f"{C}.subscription_key": DELETE}), base_dir=tmp_path, environ={})
+    assert conn(settings).subscription_key is None
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
@@ -767,7 +810,6 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
             "connections.acme.client_secret: required",
             "connections.acme.redirect_uri: must include a path (e.g. /_proxy/callback)",
             "connections.acme.scopes: required",
-            "connections.acme.subscription_key: required",
             "connections.third.prefix: '/' is already served by connection 'acme'",
             'connections."bad name": expected a table, got an integer',
             "extra: unknown key",

@@ -224,7 +224,7 @@ def test_a_client_naming_a_broken_connection_is_not_blamed(tmp_path: Path) -> No
 def test_the_example_documents_the_access_keys(tmp_path: Path) -> None:
     text = EXAMPLE.read_text(encoding="utf-8")
     data = tomllib.loads(text)
-    assert set(data["server"]) == {"host", "port", "allow_anonymous"}
+    assert set(data["server"]) == {"host", "port", "allow_anonymous", "shutdown_grace_seconds"}
     assert set(data["audit"]) == {"destination", "include_query"}
     assert set(data["admin"]) == {"cidrs"}
     assert '# key_sha256 = "env:NMBRS_PROXY_ADMIN_KEY_SHA256"' in text

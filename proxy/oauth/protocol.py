@@ -162,8 +162,8 @@ def parse_token_response(
     )
 
 
-def parse_token_error(status: int, body: Any) -> GrantError:
-    """RFC 6749 §5.2 error answer; anything else keeps the HTTP status as the error."""
+def parse_token_error(status: int, body: Any, *, endpoint: str = "token endpoint") -> GrantError:
+    """RFC 6749 §5.2 (and RFC 7009 §2.2.1) error answer; else the HTTP status is the error."""
     if isinstance(body, Mapping) and isinstance(body.get("error"), str):
         description = body.get("error_description")
         return GrantError(
@@ -173,7 +173,7 @@ def parse_token_error(status: int, body: Any) -> GrantError:
         )
     return GrantError(
         "server_error" if status >= 500 else "invalid_response",
-        f"the token endpoint answered HTTP {status}",
+        f"the {endpoint} answered HTTP {status}",
         status=status,
     )
 

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from proxy.errors import ConsentRequired, CredentialsRefused, TokenUnavailable
 from proxy.oauth.protocol import GrantError
@@ -42,6 +42,29 @@ FAILURE_COOLDOWN_SECONDS: Final = 1.0
 MAX_JITTER_SECONDS: Final = 30.0
 
 
+class TokenEvents(Protocol):
+    """What a manager reports as it happens. Metrics listen; the token code knows no metrics."""
+
+    def refreshed(self, connection: str) -> None: ...
+
+    def refresh_failed(self, connection: str, *, error: str, fatal: bool) -> None: ...
+
+    def store_failed(self, connection: str, *, operation: str) -> None: ...
+
+
+class NoEvents:
+    """Nobody listens."""
+
+    def refreshed(self, connection: str) -> None:
+        pass
+
+    def refresh_failed(self, connection: str, *, error: str, fatal: bool) -> None:
+        pass
+
+    def store_failed(self, connection: str, *, operation: str) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class TokenStatus:
     """What the status page, readiness and metrics show about a connection; no secrets."""
@@ -56,6 +79,13 @@ class TokenStatus:
     last_refresh_at: float | None
     scopes: tuple[str, ...]
     last_error: str | None
+    # When the current access token was obtained (by a refresh or a consent), if linked.
+    obtained_at: float | None = None
+    # Refresh attempts that failed in a row since the last success, and when the first failed.
+    failures: int = 0
+    failing_since: float | None = None
+    # A person entered the subscription key on the page (it is stored with the tokens).
+    stored_subscription_key: bool = False
 
 
 class TokenManager:
@@ -68,6 +98,7 @@ class TokenManager:
         refresh_margin: float,
         clock: Clock = time.time,
         jitter: Callable[[float], float] = lambda high: random.uniform(0, high),  # noqa: S311
+        events: TokenEvents | None = None,
     ) -> None:
         self.connection = connection
         self.grant = grant
@@ -82,7 +113,10 @@ class TokenManager:
         self._last_failure_at: float | None = None
         self._last_refresh_at: float | None = None
         self._unsaved = False
-        self._failures = 0
+        self._failures = 0  # retryable failures in a row: the backoff
+        self._failed_attempts = 0  # every failure in a row, fatal ones too: what the page shows
+        self._failing_since: float | None = None
+        self._events = events if events is not None else NoEvents()
         self._changed = asyncio.Event()
         self.refresh_count = 0
 
@@ -96,9 +130,19 @@ class TokenManager:
     def state(self) -> TokenState:
         return token_state(self._tokens, self._clock(), self._margin)
 
+    @property
+    def subscription_key(self) -> str | None:
+        """The key a person entered on the page, if any (it wins over the configured one)."""
+        tokens = self._tokens
+        return None if tokens is None else tokens.subscription_key
+
     async def load(self) -> None:
         """Pick up the stored set at start: a restart needs no new consent."""
-        self._tokens = await self._store.load(self.connection)
+        try:
+            self._tokens = await self._store.load(self.connection)
+        except StoreError:
+            self._events.store_failed(self.connection, operation="load")
+            raise
         self._changed.set()
 
     async def bearer(self) -> str:
@@ -129,19 +173,39 @@ class TokenManager:
         ):
             self._start_refresh()
 
-    async def adopt(self, tokens: TokenSet) -> None:
-        """A person just consented: save and use the new set."""
-        tokens = tokens.with_version((self._tokens.version if self._tokens else 0) + 1)
+    async def adopt(self, tokens: TokenSet, *, subscription_key: str | None = None) -> None:
+        """A person just consented: save and use the new set.
+
+        It keeps the subscription key stored so far, unless the person entered a new one.
+        """
+        current = self._tokens
+        if subscription_key is None and current is not None:
+            subscription_key = current.subscription_key
+        tokens = tokens.with_version((current.version if current else 0) + 1)
+        tokens = tokens.with_subscription_key(subscription_key)
         saved = await self._save(tokens)
         self._tokens = tokens
         self._needs_consent = False
-        self._last_error = None
-        self._last_failure_at = None
-        self._failures = 0
-        self._last_refresh_at = self._clock()
+        self._succeeded()
         self._changed.set()
         if not saved:
             raise StoreError("the new token could not be saved; it serves from memory meanwhile")
+
+    async def set_subscription_key(self, key: str) -> None:
+        """Keep `key` with the linked token set; it is sent instead of the configured one.
+
+        The set is saved first: when saving fails (StoreError) nothing changes.
+        """
+        current = self._tokens
+        if current is None:
+            raise ValueError(f"connection {self.connection!r} is not linked")
+        updated = current.with_subscription_key(key).with_version(current.version + 1)
+        try:
+            await self._store.save(self.connection, updated)
+        except StoreError:
+            self._events.store_failed(self.connection, operation="save")
+            raise
+        self._tokens = updated
 
     async def revoke(self) -> bool:
         """Revoke the stored set at the provider, then forget it; False when none is stored.
@@ -157,9 +221,16 @@ class TokenManager:
         if tokens is None:
             return False
         await self.grant.revoke(tokens)
-        await self._store.delete(self.connection)
+        try:
+            await self._store.delete(self.connection)
+        except StoreError:
+            self._events.store_failed(self.connection, operation="delete")
+            raise
         self._tokens = None
         self._unsaved = False
+        self._needs_consent = False
+        self._succeeded()
+        self._last_refresh_at = None
         self._changed.set()
         log.info("revoked the token of connection %s at the provider", self.connection)
         return True
@@ -180,6 +251,10 @@ class TokenManager:
             last_refresh_at=self._last_refresh_at,
             scopes=() if tokens is None else tokens.scopes,
             last_error=None if self._last_error is None else self._last_error.error,
+            obtained_at=None if tokens is None else tokens.obtained_at,
+            failures=self._failed_attempts,
+            failing_since=self._failing_since,
+            stored_subscription_key=tokens is not None and tokens.subscription_key is not None,
         )
 
     async def run_refresher(self) -> None:
@@ -260,6 +335,10 @@ class TokenManager:
         except GrantError as exc:
             self._last_error = exc
             self._last_failure_at = self._clock()
+            self._failed_attempts += 1
+            if self._failing_since is None:
+                self._failing_since = self._last_failure_at
+            self._events.refresh_failed(self.connection, error=exc.error, fatal=exc.fatal)
             if exc.fatal and not self.grant.interactive:
                 self._needs_consent = True
                 self._failures += 1  # asked again with backoff: nothing to burn
@@ -282,26 +361,36 @@ class TokenManager:
             self._failures += 1
             log.warning("refresh failed for connection %s: %s", self.connection, exc)
             raise self._unavailable_error() from None
-        renewed = renewed.with_version((current.version if current else 0) + 1)
+        # Built on the newest set, not on `current`: a key saved during the refresh stays.
+        latest = self._tokens
+        renewed = renewed.with_version((latest.version if latest else 0) + 1)
+        renewed = renewed.with_subscription_key(latest.subscription_key if latest else None)
         # Saved before use. If the save fails, the rotated set is still the only one that
         # works: it serves from memory and the refresher keeps retrying the save.
         await self._save(renewed)
         self._tokens = renewed
         self._needs_consent = False
+        self._succeeded()
+        self.refresh_count += 1
+        self._changed.set()
+        self._events.refreshed(self.connection)
+        log.info("refreshed the token of connection %s", self.connection)
+        return renewed
+
+    def _succeeded(self) -> None:
         self._last_error = None
         self._last_failure_at = None
         self._failures = 0
+        self._failed_attempts = 0
+        self._failing_since = None
         self._last_refresh_at = self._clock()
-        self.refresh_count += 1
-        self._changed.set()
-        log.info("refreshed the token of connection %s", self.connection)
-        return renewed
 
     async def _save(self, tokens: TokenSet) -> bool:
         try:
             await self._store.save(self.connection, tokens)
         except StoreError:
             self._unsaved = True
+            self._events.store_failed(self.connection, operation="save")
             log.exception("could not save the token of connection %s", self.connection)
             return False
         self._unsaved = False

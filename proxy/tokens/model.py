@@ -18,7 +18,12 @@ class TokenState(enum.Enum):
 
 @dataclass(frozen=True)
 class TokenSet:
-    """What the token endpoint gave us, with times on the local wall clock (seconds)."""
+    """What the token endpoint gave us, with times on the local wall clock (seconds).
+
+    It is the connection's whole stored state, so it also carries the subscription key a person
+    entered on the /_proxy/ page (None: use the configured one): whatever protects the tokens
+    at rest protects the key too.
+    """
 
     access_token: str = field(repr=False)
     expires_at: float
@@ -29,6 +34,7 @@ class TokenSet:
     scopes: tuple[str, ...] = ()
     # Bumped on every save, so a store can refuse to overwrite a newer set.
     version: int = 0
+    subscription_key: str | None = field(default=None, repr=False)
 
     @property
     def lifetime(self) -> float:
@@ -45,6 +51,9 @@ class TokenSet:
     def with_version(self, version: int) -> TokenSet:
         return replace(self, version=version)
 
+    def with_subscription_key(self, key: str | None) -> TokenSet:
+        return replace(self, subscription_key=key)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
@@ -54,12 +63,14 @@ class TokenSet:
             "refresh_issued_at": self.refresh_issued_at,
             "scopes": list(self.scopes),
             "version": self.version,
+            "subscription_key": self.subscription_key,
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> TokenSet:
         refresh_token = data.get("refresh_token")
         refresh_issued_at = data.get("refresh_issued_at")
+        subscription_key = data.get("subscription_key")
         return cls(
             access_token=str(data["access_token"]),
             expires_at=float(data["expires_at"]),
@@ -68,6 +79,7 @@ class TokenSet:
             refresh_issued_at=None if refresh_issued_at is None else float(refresh_issued_at),
             scopes=tuple(str(s) for s in data.get("scopes", ())),
             version=int(data.get("version", 0)),
+            subscription_key=None if subscription_key is None else str(subscription_key),
         )
 
 
