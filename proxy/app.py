@@ -1,9 +1,10 @@
 """Composition root: settings in, a runnable aiohttp application out.
 
-Order matters and is spelled out here: middlewares (audit, problems, then the door: guard and
-access policy), the proxy's own routes under /_proxy/ and the callback path, then the catch-all
-forwarder. Long-lived resources (the one upstream ClientSession, the token refreshers, the audit
-log's writer) are created and torn down in cleanup_ctx.
+Order matters and is spelled out here: middlewares (observe outermost, so it sees the final
+status of everything; audit; problems; then the door: guard and access policy), the proxy's own
+routes under /_proxy/ and the callback path, then the catch-all forwarder. Long-lived resources
+(the one upstream ClientSession, the token refreshers, the audit log's writer) are created and
+torn down in cleanup_ctx; the metrics registry belongs to the app.
 """
 
 from __future__ import annotations
@@ -21,10 +22,21 @@ from proxy.access import access, setup_access
 from proxy.audit import PROBLEM, audit_middleware, setup_audit
 from proxy.config import Settings
 from proxy.connection import build_connection
+from proxy.console import setup_console
 from proxy.errors import PROBLEM_CONTENT_TYPE, ProxyError
 from proxy.forward import forward
+from proxy.metrics import Metrics
 from proxy.oauth.routes import setup_consent
-from proxy.observe import healthz, readyz
+from proxy.observe import (
+    METRICS,
+    TRAFFIC,
+    Traffic,
+    healthz,
+    metrics,
+    observe_middleware,
+    readyz,
+    response_hook,
+)
 from proxy.state import PROXY_STATE, ProxyState
 from proxy.tokens.store import FileStore, TokenStore
 
@@ -80,13 +92,24 @@ def create_app(
     clock: Callable[[], float] = time.time,
     store: TokenStore | None = None,
 ) -> web.Application:
+    traffic = Traffic()
+    registry = Metrics()
+    registry.count_in_flight(lambda: traffic.in_flight)
     app = web.Application(
-        middlewares=[audit_middleware(settings.audit), problems, access],
+        middlewares=[
+            observe_middleware(registry, traffic),
+            audit_middleware(settings.audit),
+            problems,
+            access,
+        ],
         client_max_size=1024**2,
     )
     setup_access(app, settings)
     setup_audit(app, settings.audit)
     app[STORE] = store if store is not None else FileStore(settings.store.path)
+    app[TRAFFIC] = traffic
+    app[METRICS] = registry
+    app.on_response_prepare.append(response_hook(traffic))
 
     async def proxy_state(app: web.Application) -> AsyncIterator[None]:
         session = aiohttp.ClientSession(
@@ -96,14 +119,21 @@ def create_app(
             trust_env=False,
         )
         connections = {
-            c.name: build_connection(c, session=session, store=app[STORE], clock=clock)
+            c.name: build_connection(
+                c, session=session, store=app[STORE], clock=clock, metrics=registry
+            )
             for c in settings.connections
         }
         for connection in connections.values():
             await connection.manager.load()
         app[PROXY_STATE] = ProxyState(
-            settings=settings, store=app[STORE], session=session, connections=connections
+            settings=settings,
+            store=app[STORE],
+            session=session,
+            connections=connections,
+            clock=clock,
         )
+        registry.watch(lambda: [c.report(clock()) for c in connections.values()])
         refreshers = [
             asyncio.create_task(c.manager.run_refresher(), name=f"refresher:{c.name}")
             for c in connections.values()
@@ -119,7 +149,9 @@ def create_app(
     app.cleanup_ctx.append(proxy_state)
     app.router.add_get("/_proxy/healthz", healthz)
     app.router.add_get("/_proxy/readyz", readyz)
+    app.router.add_get("/_proxy/metrics", metrics)
     setup_consent(app, settings, clock=clock)
+    setup_console(app)
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app

@@ -226,7 +226,8 @@ def audit_middleware(settings: AuditSettings) -> Middleware:
 
     @web.middleware
     async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id"))
+        if REQUEST_ID not in request:  # picked already by the outer observe middleware
+            request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id"))
         request[ACCESS_NOTE] = AccessNote()
         log_to = request.app.get(AUDIT_LOG)
         if log_to is None or request.rel_url.path_safe in NOT_AUDITED:

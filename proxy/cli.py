@@ -16,10 +16,10 @@ from collections.abc import Callable, Sequence
 from typing import TextIO
 
 import aiohttp
-from aiohttp import web
 
 from proxy import redact
 from proxy.config import ConfigError, Settings, config_path, load
+from proxy.logs import FORMATS, LEVELS, setup_logging
 from proxy.oauth.protocol import GrantError
 from proxy.policy import bind_problem, exposure_warning, hash_key, new_key
 from proxy.secret import revealed_in
@@ -32,14 +32,13 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs = setup_logging(args.log_level, args.log_format)
     redact.install()  # every record, from here on, has its secrets masked
-    command: Callable[[argparse.Namespace], int] = args.run
-    return command(args)
+    try:
+        command: Callable[[argparse.Namespace], int] = args.run
+        return command(args)
+    finally:
+        logs.close()
 
 
 def _with_settings(
@@ -124,7 +123,10 @@ def _demo(args: argparse.Namespace) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nmbrs-proxy", description=__doc__)
     parser.add_argument("--log-level", default=os.environ.get("NMBRS_PROXY_LOG_LEVEL", "info"),
-                        choices=["debug", "info", "warning", "error"])
+                        choices=LEVELS)
+    parser.add_argument("--log-format",
+                        default=os.environ.get("NMBRS_PROXY_LOG_FORMAT", "auto"), choices=FORMATS,
+                        help="json lines, readable text, or auto: text on a terminal, else json")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -204,6 +206,7 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from proxy.app import create_app  # noqa: PLC0415 - keeps check-config and status light
+    from proxy.server import inherited_sockets, serve  # noqa: PLC0415 - as above
 
     host = args.host or settings.server.host
     policy = settings.access_policy()
@@ -214,14 +217,19 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     warning = exposure_warning(host, policy)
     if warning is not None:
         logging.getLogger("proxy").warning("%s", warning)
-    web.run_app(
-        create_app(settings),
-        host=host,
-        port=settings.server.port if args.port is None else args.port,
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda message: logging.getLogger("proxy").info("%s", message.strip()),
-    )
+    # Sockets passed by a service manager (systemd socket activation) win over host and port.
+    sockets = inherited_sockets(os.environ, os.getpid())
+    try:
+        asyncio.run(serve(
+            create_app(settings),
+            host=host,
+            port=settings.server.port if args.port is None else args.port,
+            grace=settings.server.shutdown_grace_seconds,
+            sockets=sockets,
+        ))
+    except OSError as exc:
+        logging.getLogger("proxy").error("cannot serve: %s", exc)  # noqa: TRY400 - no traceback
+        return EXIT_FAILED
     return 0
 
 

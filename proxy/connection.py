@@ -8,6 +8,7 @@ provider; everything else about a connection is the same whatever the provider.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -17,6 +18,8 @@ import aiohttp
 from proxy.cache import ResponseCache
 from proxy.config import ConnectionSettings
 from proxy.credentials import KeyRing
+from proxy.errors import SubscriptionKeyRequired
+from proxy.metrics import ConnectionMetrics, ConnectionReport, Metrics
 from proxy.oauth.nomba import ACCOUNT_HEADER
 from proxy.secret import plain
 from proxy.shaping import Shaper
@@ -28,6 +31,7 @@ from proxy.tokens.grants import (
     NitroGrant,
     NombaGrant,
 )
+from proxy.tokens.health import DAY, assess
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.store import TokenStore
 
@@ -40,6 +44,14 @@ _PROVIDER_DEFAULT_HEADERS: Final[Mapping[str, Mapping[str, str]]] = {
     "nomba": {"Accept": "application/json"},
     "nitro": {"Accept": "application/json"},
 }
+# Providers whose API gateway refuses every call without a subscription key.
+_PROVIDERS_WITH_KEY: Final = frozenset({"nmbrs"})
+# What a key entered on the page may look like: visible ASCII, no spaces (it becomes a header).
+_SUBSCRIPTION_KEY: Final = re.compile(r"[\x21-\x7e]{1,256}")
+
+
+def valid_subscription_key(text: str) -> bool:
+    return _SUBSCRIPTION_KEY.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,7 @@ class Connection:
     manager: TokenManager
     timeout: aiohttp.ClientTimeout
     shaper: Shaper
+    metrics: ConnectionMetrics
     default_headers: Mapping[str, str] = field(default_factory=dict)
     # Fixed headers sent with every request besides the bearer token and subscription key
     # (see `fixed_headers`).
@@ -137,6 +150,7 @@ class Connection:
     keys: KeyRing | None = None
     cache: ResponseCache | None = None
     counters: UpstreamCounters = field(default_factory=UpstreamCounters)
+    requires_key: bool = False  # the upstream's gateway refuses every call without one
 
     @property
     def name(self) -> str:
@@ -150,15 +164,49 @@ class Connection:
     @property
     def gateway_keyed(self) -> bool:
         """A gateway checks a subscription key first: its 401s are not about the token."""
-        return self.keys is not None
+        return self.keys is not None or self.manager.subscription_key is not None
+
+    def subscription_key(self) -> str | None:
+        """The key requests carry now: one entered on the page wins over the configured ones."""
+        stored = self.manager.subscription_key
+        if stored is not None:
+            return stored
+        return None if self.keys is None else self.keys.value(self.keys.current)
+
+    def key_index(self) -> int | None:
+        """Which configured key is in use, for rotation; None when it is the page's (or none)."""
+        if self.keys is None or self.manager.subscription_key is not None:
+            return None
+        return self.keys.current
 
     def credentials(self, access_token: str, key: int | None = None) -> dict[str, str]:
-        """The bearer token, and the subscription key number `key` (default: the current one)."""
-        credentials = {"Authorization": f"Bearer {access_token}", **self.static_credentials}
-        if self.keys is not None:
+        """The bearer token, and the subscription key: the one entered on the page, else the
+        configured key number `key` (default: the current one)."""
+        credentials = {"Authorization": "Bearer " + access_token, **self.static_credentials}
+        stored = self.manager.subscription_key
+        if stored is not None:
+            credentials[SUBSCRIPTION_KEY_HEADER] = stored
+        elif self.keys is not None:
             index = self.keys.current if key is None else key
             credentials[SUBSCRIPTION_KEY_HEADER] = self.keys.value(index)
+        elif self.requires_key:
+            raise SubscriptionKeyRequired(
+                f"connection {self.name!r} has no subscription key: enter it at /_proxy/",
+                connection=self.name,
+            )
         return credentials
+
+    def report(self, now: float) -> ConnectionReport:
+        status = self.manager.status()
+        has_key = not self.requires_key or self.subscription_key() is not None
+        assessment = assess(
+            status,
+            now=now,
+            refresh_token_lifetime=self.settings.refresh_token_lifetime_days * DAY,
+            has_subscription_key=has_key,
+            interactive=self.consent is not None,
+        )
+        return ConnectionReport(self.name, status, assessment, now)
 
     def quota_stats(self) -> dict[str, int]:
         """Counters of shaping, retries, key rotation and caching (no secrets)."""
@@ -178,6 +226,7 @@ def build_connection(
     session: aiohttp.ClientSession,
     store: TokenStore,
     clock: Clock,
+    metrics: Metrics | None = None,
 ) -> Connection:
     timeout = aiohttp.ClientTimeout(
         total=None,
@@ -185,8 +234,15 @@ def build_connection(
         sock_read=settings.read_timeout_seconds,
     )
     grant = GRANTS[settings.provider](settings, GrantContext(session, timeout, clock))
+    if metrics is None:  # a connection outside a served app (the login command)
+        metrics = Metrics(process=False)
     manager = TokenManager(
-        settings.name, grant, store, refresh_margin=settings.refresh_margin_seconds, clock=clock
+        settings.name,
+        grant,
+        store,
+        refresh_margin=settings.refresh_margin_seconds,
+        clock=clock,
+        events=metrics,
     )
     shaper = Shaper(
         settings.name,
@@ -203,8 +259,10 @@ def build_connection(
         manager=manager,
         timeout=timeout,
         shaper=shaper,
+        metrics=metrics.connection(settings.name),
         default_headers=_PROVIDER_DEFAULT_HEADERS.get(settings.provider, {}),
         static_credentials=fixed_headers(settings),
         keys=KeyRing(settings.name, keys) if keys else None,
         cache=None if settings.cache is None else ResponseCache(settings.cache),
+        requires_key=settings.provider in _PROVIDERS_WITH_KEY,
     )

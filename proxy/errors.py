@@ -10,6 +10,7 @@ ProxyError
 ├── ConsentRequired       503  the grant is gone: a person must link the account again
 ├── CredentialsRefused    503  the provider refuses the machine credentials: fix the config
 ├── TokenUnavailable      503  no usable token right now (identity service unreachable, ...)
+├── SubscriptionKeyRequired 503  no subscription key configured or entered on the page
 ├── BadGateway            502  the upstream could not be reached or broke the exchange
 └── GatewayTimeout        504  the upstream did not answer in time
 
@@ -122,6 +123,12 @@ class TokenUnavailable(ProxyError):
     status = 503
     slug = "token-unavailable"
     title = "No usable access token"
+
+
+class SubscriptionKeyRequired(ProxyError):
+    status = 503
+    slug = "subscription-key-required"
+    title = "The connection has no subscription key"
 
 
 class BadGateway(ProxyError, ConnectionError):

@@ -197,7 +197,7 @@ async def exchange(
         permit = await connection.shaper.admit()
         try:
             token = await connection.manager.bearer()
-            key = None if connection.keys is None else connection.keys.current
+            key = connection.key_index()  # None: the key entered on the page, never rotated
             response = await send(connection.credentials(token, key))
         except (BadGateway, GatewayTimeout) as error:
             permit.release()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Mapping
 from typing import Final
 
@@ -22,6 +23,7 @@ from proxy.connection import Connection
 from proxy.errors import BadGateway, GatewayTimeout, NoConnection
 from proxy.exchange import Answer, Send, exchange, read_head
 from proxy.headers import client_response_headers, upstream_request_headers
+from proxy.observe import OBSERVATION
 from proxy.routing import match_prefix, split_target, upstream_url
 from proxy.state import PROXY_STATE
 
@@ -42,6 +44,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
     if prefix is None:
         raise NoConnection(f"no connection serves the path {path!r}")
     connection = state.by_prefix[prefix]
+    request[OBSERVATION].connection = connection
     url = URL(upstream_url(connection.settings.upstream, prefix, raw_target), encoded=True)
 
     body: Body = None
@@ -123,6 +126,7 @@ async def _send(
     credentials: Mapping[str, str],
 ) -> aiohttp.ClientResponse:
     session = request.app[PROXY_STATE].session
+    observation = request[OBSERVATION]
     headers = upstream_request_headers(
         request.headers,
         client_address=request.remote,
@@ -130,9 +134,11 @@ async def _send(
         host=request.host,
         credentials=credentials,
         defaults=connection.default_headers,
+        request_id=observation.request_id,
     )
+    sent = time.perf_counter()
     try:
-        return await session.request(
+        response = await session.request(
             request.method,
             url,
             headers=headers,
@@ -142,18 +148,27 @@ async def _send(
             skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
         )
     except TimeoutError as exc:
+        observation.upstream_seconds += time.perf_counter() - sent
         raise GatewayTimeout(
             f"the upstream of connection {connection.name!r} did not answer in time",
             connection=connection.name,
             unsent=isinstance(exc, aiohttp.ConnectionTimeoutError),
         ) from None
     except aiohttp.ClientError as exc:
+        observation.upstream_seconds += time.perf_counter() - sent
         raise BadGateway(
             f"the upstream of connection {connection.name!r} could not be reached "
             f"({type(exc).__name__})",
             connection=connection.name,
             unsent=isinstance(exc, aiohttp.ClientConnectorError),
         ) from None
+    waited = time.perf_counter() - sent
+    observation.upstream_seconds += waited
+    metrics = connection.metrics
+    metrics.upstream_latency.observe(waited)
+    if response.status == 429:
+        metrics.rate_limited.inc()
+    return response
 
 
 async def _relay(
@@ -172,10 +187,14 @@ async def _relay(
     headers.update(extra_headers or {})
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await response.prepare(request)
+    observation = request[OBSERVATION]
+    observation.headers_sent = time.perf_counter()
+    sent = len(head)
     try:
         if head:
             await response.write(head)
         async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
+            sent += len(chunk)
             await response.write(chunk)
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Headers are gone already: the only honest signal left is an aborted connection.
@@ -184,5 +203,7 @@ async def _relay(
         if request.transport is not None:
             request.transport.abort()  # the server then drops the connection quietly
         return response
+    finally:
+        observation.body_bytes = sent
     await response.write_eof()
     return response

@@ -13,6 +13,7 @@ from typing import Final
 from multidict import CIMultiDict, MultiMapping
 
 VIA: Final = "1.1 nmbrs-proxy"
+REQUEST_ID: Final = "X-Request-Id"
 
 HOP_BY_HOP: Final = frozenset(
     {
@@ -87,8 +88,13 @@ def upstream_request_headers(
     host: str | None,
     credentials: Mapping[str, str],
     defaults: Mapping[str, str] = {},
+    request_id: str | None = None,
 ) -> CIMultiDict[str]:
-    """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials."""
+    """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials.
+
+    `request_id` replaces whatever `X-Request-Id` the client sent (the proxy keeps a sane one
+    and makes up a new one otherwise), so both logs name the same request.
+    """
     out: CIMultiDict[str] = CIMultiDict(_without_proxy_cookies(
         _end_to_end(inbound, _NOT_FORWARDED_UPSTREAM)
     ))
@@ -101,6 +107,8 @@ def upstream_request_headers(
     out["Via"] = ", ".join([*out.popall("Via", []), VIA])
     for name, value in defaults.items():
         out.setdefault(name, value)
+    if request_id is not None:
+        out[REQUEST_ID] = request_id
     out.update(credentials)
     return out
 

@@ -1,10 +1,172 @@
-"""Health and readiness: is the process up, and can every connection serve a request now."""
+"""What an operator sees: request ids, the access log, metrics, health and readiness.
+
+The `observe` middleware is the outermost one. For each request it picks the request id (the
+client's `X-Request-Id` when it is sane, else a new one: `proxy.audit.request_id`; the audit
+line uses the same), counts the request in flight, and when the answer is known writes one
+access-log line and counts it by connection, method and status class. `forward` fills in the
+request's `Observation` (which connection, time spent upstream, when the response headers went
+out), from which the proxy-added latency follows.
+
+The request id goes upstream (see `forward`) and back to the client on every response, set in
+`on_response_prepare` so that streamed responses carry it too.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
 
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from proxy.audit import REQUEST_ID as REQUEST_ID_KEY
+from proxy.audit import request_id as pick_request_id
+from proxy.connection import Connection
+from proxy.headers import REQUEST_ID as REQUEST_ID_HEADER
+from proxy.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
+from proxy.metrics import Metrics
+from proxy.routing import split_target
 from proxy.state import PROXY_STATE
+
+CLIENT_CLOSED_REQUEST: Final = 499  # nginx's code for "the client went away first"
+# Probes and scrapes come every few seconds: their access lines are debug, not info.
+QUIET_PATHS: Final = frozenset({"/_proxy/healthz", "/_proxy/readyz", "/_proxy/metrics"})
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Observation:
+    """One request's observations, filled in as it goes."""
+
+    __slots__ = ("body_bytes", "connection", "headers_sent", "request_id", "started",
+                 "upstream_seconds")
+
+    def __init__(self, request_id: str, started: float) -> None:
+        self.request_id = request_id
+        self.started = started
+        self.connection: Connection | None = None
+        self.upstream_seconds = 0.0
+        self.headers_sent: float | None = None
+        self.body_bytes: int | None = None  # of a relayed (streamed) response
+
+
+OBSERVATION: Final = web.RequestKey("observation", Observation)
+
+
+@dataclass
+class Traffic:
+    """Requests in flight, and whether the server is draining them before it stops."""
+
+    in_flight: int = 0
+    last_change: float = 0.0  # time.perf_counter() of the last arrival or departure
+    draining: bool = False
+
+
+TRAFFIC: Final = web.AppKey("traffic", Traffic)
+METRICS: Final = web.AppKey("metrics", Metrics)
+
+
+def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
+    clock = time.perf_counter
+    unrouted = metrics.unrouted
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = clock()
+        # One id for the request: the audit line, the access line, upstream and the answer.
+        request_id = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
+        request[REQUEST_ID_KEY] = request_id
+        observation = Observation(request_id, started)
+        request[OBSERVATION] = observation
+        CURRENT_REQUEST_ID.set(request_id)  # a task per request: no reset needed
+        traffic.in_flight += 1
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response  # noqa: TRY300 - the finally below needs `response`
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            ended = clock()
+            traffic.in_flight -= 1
+            traffic.last_change = ended
+            connection = observation.connection
+            if connection is None:
+                unrouted.request_done(request.method, status)
+            else:
+                bound = connection.metrics
+                bound.request_done(request.method, status)
+                if observation.headers_sent is not None:
+                    added = observation.headers_sent - started - observation.upstream_seconds
+                    bound.added_latency.observe(max(0.0, added))
+            level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+            if access_log.isEnabledFor(level):
+                _log_access(level, request, observation, status=status, seconds=ended - started,
+                            response=response)
+
+    return observe
+
+
+def _log_access(
+    level: int,
+    request: web.Request,
+    observation: Observation,
+    *,
+    status: int,
+    seconds: float,
+    response: web.StreamResponse | None,
+) -> None:
+    path = split_target(request.raw_path)[0]  # never the query: its values may be personal
+    connection = observation.connection
+    if response is None:
+        sent = None
+    else:
+        sent = response.body_length if response.prepared else response.content_length
+    access_log.log(
+        level,
+        "%s %s %d",
+        request.method,
+        path,
+        status,
+        extra={
+            "request_id": observation.request_id,
+            "remote": request.remote,
+            "method": request.method,
+            "path": path,
+            "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+            "upstream_ms": round(observation.upstream_seconds * 1000, 3),
+            "connection": None if connection is None else connection.name,
+            "bytes_sent": sent,
+        },
+    )
+
+
+def response_hook(traffic: Traffic) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        observation = request.get(OBSERVATION)
+        if observation is not None:
+            response.headers[REQUEST_ID_HEADER] = observation.request_id
+        if traffic.draining:
+            # The connection closes after this answer: the client opens its next one to a
+            # server that is still accepting (RFC 9112 §9.6).
+            response.force_close()
+
+    return on_response_prepare
+
+
+# --- the proxy's own endpoints --------------------------------------------------------------
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -13,17 +175,28 @@ async def healthz(_request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[PROXY_STATE]
+    draining = request.app[TRAFFIC].draining
+    now = state.clock()
     connections = {}
     for name, connection in state.connections.items():
-        status = connection.manager.status()
+        report = connection.report(now)
+        status = report.status
         connections[name] = {
-            "ready": status.ready,
+            "ready": report.ready,
             "state": status.state.value,
+            "link_state": report.assessment.state.value,
             "needs_consent": status.needs_consent,
             "last_error": status.last_error,
             "quota": connection.quota_stats(),
+            "warnings": sorted(concern.value for concern in report.assessment.concerns),
         }
-    ready = all(c["ready"] for c in connections.values())
+    ready = not draining and all(c["ready"] for c in connections.values())
     return web.json_response(
-        {"ready": ready, "connections": connections}, status=200 if ready else 503
+        {"ready": ready, "draining": draining, "connections": connections},
+        status=200 if ready else 503,
     )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body, content_type = request.app[METRICS].render(request.headers.get("Accept"))
+    return web.Response(body=body, headers={"Content-Type": content_type})

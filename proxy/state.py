@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -18,6 +19,7 @@ class ProxyState:
     store: TokenStore
     session: aiohttp.ClientSession
     connections: dict[str, Connection]
+    clock: Callable[[], float]
     by_prefix: dict[str, Connection] = field(init=False)
     prefixes: tuple[str, ...] = field(init=False)
 

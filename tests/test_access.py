@@ -310,7 +310,18 @@ async def test_health_and_readiness_stay_open(
     assert (await response.json())["status" if path.endswith("healthz") else "ready"]
 
 
-@pytest.mark.parametrize("path", ["/_proxy/metrics", "/_proxy/nothing/here", "/_proxy/healthz/"])
+async def test_metrics_are_an_admin_page(
+    make_proxy: ProxyFactory, upstream: RecordingUpstream
+) -> None:
+    proxy = await admin_proxy(make_proxy, upstream, AdminAccess(key_sha256=digest(ADMIN_KEY)))
+    assert (await proxy.get("/_proxy/metrics")).status == 401
+    response = await proxy.get("/_proxy/metrics", headers={"X-Proxy-Key": ADMIN_KEY})
+    assert response.status == 200
+    assert "nmbrs_proxy_requests_total" in await response.text()
+    assert upstream.seen == []
+
+
+@pytest.mark.parametrize("path", ["/_proxy/nothing/here", "/_proxy/healthz/"])
 async def test_other_proxy_paths_are_admin_and_never_forwarded(
     make_proxy: ProxyFactory, upstream: RecordingUpstream, path: str
 ) -> None:

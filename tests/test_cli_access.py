@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy import cli
+from proxy import cli, server
 from proxy.redact import RedactingFilter
 from tests.test_cli import GOOD, ROOT, SECRETS, _run
 
@@ -69,9 +69,13 @@ def test_serve_refuses_a_public_host_override_without_clients(tmp_path: Path) ->
 
 @pytest.fixture
 def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """web.run_app replaced: `serve` runs up to the point of listening, and records how."""
+    """proxy.server.serve replaced: `serve` runs up to the point of listening, and records how."""
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(web, "run_app", lambda app, **kw: calls.append({"app": app, **kw}))
+
+    async def record(app: web.Application, **kw: Any) -> None:
+        calls.append({"app": app, **kw})
+
+    monkeypatch.setattr(server, "serve", record)
     return calls
 
 

@@ -157,12 +157,15 @@ async def test_each_connection_keeps_its_own_tokens_refresher_and_row(three: Thr
     assert set(ready["connections"]) == {"acme", "globex", "nomba"}
 
     page = await (await three.proxy.get("/_proxy/")).text()
-    rows = re.findall(r"<tr><td><strong>(.*?)</strong>(.*?)</tr>", page, flags=re.DOTALL)
-    assert [name for name, _ in rows] == ["acme", "globex", "nomba"]
-    cells = dict(rows)
-    assert "/_proxy/login?connection=acme" in cells["acme"]
-    assert "/_proxy/login?connection=globex" in cells["globex"]
-    assert "machine credentials: no consent needed" in cells["nomba"]
-    assert "<code>/nomba/</code>" in cells["nomba"]
+    cards = re.findall(r'<section class="card" id="connection-(.*?)" data-state="linked">(.*?)'
+                       r"</section>", page, flags=re.DOTALL)
+    assert [name for name, _ in cards] == ["acme", "globex", "nomba"]
+    found = dict(cards)
+    for consented in ("acme", "globex"):
+        assert 'action="/_proxy/login"' in found[consented]
+        assert f'name="connection" value="{consented}"' in found[consented]
+    assert "Machine credentials: the proxy fetches its tokens by itself" in found["nomba"]
+    assert 'action="/_proxy/login"' not in found["nomba"]
+    assert "<code>/nomba/</code>" in found["nomba"]
     for secret in ("acme-key", "globex-key", NOMBA_CLIENT.client_secret, *after.values()):
         assert secret not in page

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 import pytest
 
+from proxy.metrics import ConnectionReport
 from proxy.pages import (
-    ConnectionRow,
+    ConnectionCard,
+    KeySource,
+    Notice,
     format_duration,
     format_relative,
     format_utc,
@@ -16,11 +18,14 @@ from proxy.pages import (
     problem_page,
     status_page,
 )
+from proxy.tokens.health import DAY, assess
 from proxy.tokens.manager import TokenStatus
 from proxy.tokens.model import TokenState
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 HOSTILE = '<img src=x onerror="alert(1)">&\'"'
+CSRF = "csrf-token-value"
+LIFETIME = 30 * DAY
 
 UNLINKED = TokenStatus(
     connection="nmbrs",
@@ -43,23 +48,10 @@ FRESH = replace(
     refresh_issued_at=NOW - 2 * 3600,
     last_refresh_at=NOW - 5 * 60,
     scopes=("offline_access", "company.info.read"),
+    obtained_at=NOW - 5 * 60,
 )
 
 
-def row(status: TokenStatus, *, interactive: bool = True, **overrides: str) -> ConnectionRow:
-    fields = {
-        "name": "nmbrs",
-        "provider": "nmbrs",
-        "prefix": "/",
-        "upstream": "https://api.nmbrsapp.com",
-        "client_id": "PartnerApp_x*$y",
-        **overrides,
-    }
-    return ConnectionRow(status=status, interactive=interactive, **fields)
-
-
-def cells(page: str) -> list[str]:
-    return re.findall(r"<td>(.*?)</td>", page, flags=re.DOTALL)
 
 
 @pytest.mark.parametrize(
@@ -99,33 +91,87 @@ def test_format_utc() -> None:
     assert format_utc(NOW) == "2027-01-15 08:00:00 UTC"
 
 
+def card(
+    status: TokenStatus,
+    *,
+    key_source: KeySource = KeySource.CONFIG,
+    asked: tuple[str, ...] = ("offline_access", "company.info.read"),
+    now: float = NOW,
+    **overrides: str,
+) -> ConnectionCard:
+    fields = {
+        "name": "nmbrs",
+        "provider": "nmbrs",
+        "prefix": "/",
+        "upstream": "https://api.nmbrsapp.com",
+        "client_id": "PartnerApp_x*$y",
+        **overrides,
+    }
+    assessment = assess(
+        status,
+        now=now,
+        refresh_token_lifetime=LIFETIME,
+        has_subscription_key=key_source is not KeySource.MISSING,
+    )
+    report = ConnectionReport(fields["name"], status, assessment, now)
+    return ConnectionCard(
+        name=fields["name"],
+        provider=fields["provider"],
+        prefix=fields["prefix"],
+        upstream=fields["upstream"],
+        client_id=fields["client_id"],
+        scopes_asked=asked,
+        report=report,
+        key_source=key_source,
+        refresh_token_lifetime=LIFETIME,
+    )
+
+
+def page_of(*cards: ConnectionCard, notice: Notice | None = None) -> str:
+    return status_page(cards, now=NOW, csrf_token=CSRF, nonce="n0nce", notice=notice)
+
+
 @pytest.mark.parametrize(
     ("status", "present", "absent"),
     [
-        (
+        pytest.param(
             UNLINKED,
-            ["Connect</a>", "not linked", "needs consent", "0 of 1 connection ready"],
-            ["Reconnect", "badge fresh"],
+            [
+                'data-state="not_linked"',
+                '<span class="badge not-linked">Not linked</span>',
+                ">Connect</button>",
+                'name="subscription_key"',  # a key can come along with Connect
+                "0 of 1 connection ready",
+                '<li class="asked">company.info.read</li>',
+            ],
+            ["Reconnect", "Revoke", "box warn"],
+            id="not-linked",
         ),
-        (
+        pytest.param(
             FRESH,
             [
-                "Reconnect</a>",
-                '<span class="badge fresh">fresh</span>',
+                'data-state="linked"',
+                '<span class="badge linked">Linked</span>',
+                ">Reconnect</button>",
+                ">Revoke access</button>",
+                "fresh · expires",
+                f'data-expires="{NOW + 55 * 60:.0f}">in 55 min</span>',
                 "2027-01-15 08:55:00 UTC",
-                "in 55 min",
-                "<code>company.info.read</code>",
-                "<td>2 h</td>",
+                "<dt>Last refresh</dt><dd>5 min ago</dd>",
+                "<dt>Refresh token</dt><dd>2 h old</dd>",
+                '<li class="granted" title="granted">company.info.read</li>',
                 "1 of 1 connection ready",
             ],
-            ["Connect</a>", "needs consent", "not linked"],
+            [">Connect</button>", "box warn"],
+            id="linked",
         ),
-        (
+        pytest.param(
             replace(FRESH, state=TokenState.STALE, expires_at=NOW + 120),
-            ['<span class="badge stale">stale</span>', "in 2 min"],
-            [],
+            ["stale · expires", "in 2 min</span>"],
+            ["box warn"],
+            id="stale",
         ),
-        (
+        pytest.param(
             replace(
                 FRESH,
                 state=TokenState.INVALID,
@@ -133,90 +179,219 @@ def test_format_utc() -> None:
                 needs_consent=True,
                 expires_at=NOW - 300,
                 last_error="invalid_grant",
+                failures=1,
+                failing_since=NOW - 300,
             ),
             [
-                '<span class="badge invalid">invalid</span>',
-                '<span class="badge consent">needs consent</span>',
-                "5 min ago",
-                "<code>invalid_grant</code>",
-                "Reconnect</a>",
+                'data-state="needs_consent"',
+                '<span class="badge needs-consent">Needs consent</span>',
+                "refused the refresh token (invalid_grant)",
+                "invalid · expires",
+                ">Reconnect</button>",
+            ],
+            ["Refreshing the token has failed"],
+            id="needs-consent",
+        ),
+        pytest.param(
+            replace(
+                FRESH,
+                last_error="temporarily_unavailable",
+                failures=3,
+                failing_since=NOW - 600,
+                expires_at=NOW + 240,
+            ),
+            [
+                'data-state="failing"',
+                '<span class="badge failing">Failing</span>',
+                (
+                    "Refreshing the token has failed 3 attempts in a row since "
+                    "2027-01-15 07:50:00 UTC (last error: temporarily_unavailable)"
+                ),
+                "expires in 4 min; requests fail after that",
+            ],
+            ["refused the refresh token"],
+            id="failing",
+        ),
+        pytest.param(
+            replace(FRESH, refresh_issued_at=NOW - 24 * DAY),
+            [
+                'data-state="linked"',
+                "<dt>Refresh token</dt><dd>24 d old</dd>",
+                "reaches the end of its 30 d lifetime in 6 d",
             ],
             [],
+            id="refresh-token-within-seven-days",
         ),
-        (
-            replace(FRESH, refresh_issued_at=None),
-            ["no refresh token"],
+        pytest.param(
+            replace(FRESH, refresh_issued_at=NOW - 22 * DAY),
+            ["<dt>Refresh token</dt><dd>22 d old</dd>"],
+            ["box warn"],
+            id="refresh-token-eight-days-left",
+        ),
+        pytest.param(
+            replace(FRESH, refresh_issued_at=NOW - 31 * DAY),
+            ["older than its 30 d lifetime"],
             [],
+            id="refresh-token-lapsed",
+        ),
+        pytest.param(
+            replace(FRESH, refresh_issued_at=None),
+            ["<dt>Refresh token</dt><dd>none</dd>", "There is no refresh token"],
+            [],
+            id="no-refresh-token",
+        ),
+        pytest.param(
+            replace(FRESH, scopes=("offline_access", "user.info.read")),
+            [
+                '<li class="granted" title="granted">offline_access</li>',
+                '<li class="missing" title="asked for, not granted">company.info.read</li>',
+                '<li class="extra" title="granted, not asked for">user.info.read</li>',
+            ],
+            [],
+            id="scopes-granted-vs-asked",
         ),
     ],
 )
-def test_status_page_rows(status: TokenStatus, present: list[str], absent: list[str]) -> None:
-    page = status_page([row(status)], now=NOW)
+def test_status_page_cards(status: TokenStatus, present: list[str], absent: list[str]) -> None:
+    page = page_of(card(status))
     for text in present:
         assert text in page
     for text in absent:
         assert text not in page
-    assert 'href="/_proxy/login?connection=nmbrs"' in page
-    assert len(cells(page)) == 9
+    assert page.count('name="csrf_token" value="csrf-token-value"') == page.count("<form")
+
+
+@pytest.mark.parametrize(
+    ("status", "key_source", "present", "absent"),
+    [
+        pytest.param(
+            FRESH,
+            KeySource.CONFIG,
+            ["<dd>from the configuration<form", ">Replace key</button>"],
+            ["No subscription key"],
+            id="configured",
+        ),
+        pytest.param(
+            FRESH,
+            KeySource.PAGE,
+            ["<dd>entered on this page<form", ">Replace key</button>"],
+            ["No subscription key"],
+            id="entered-on-the-page",
+        ),
+        pytest.param(
+            FRESH,
+            KeySource.MISSING,
+            ["<dd>missing<form", ">Save key</button>", "No subscription key", "0 of 1"],
+            [],
+            id="missing-when-linked",
+        ),
+        pytest.param(
+            UNLINKED,
+            KeySource.MISSING,
+            ['placeholder="subscription key" required>', "No subscription key"],
+            ["Save key"],  # before linking, the key comes with Connect
+            id="missing-before-linking",
+        ),
+        pytest.param(
+            UNLINKED,
+            KeySource.CONFIG,
+            ['placeholder="subscription key">'],  # optional: it would replace the configured one
+            ["required>"],
+            id="configured-before-linking",
+        ),
+    ],
+)
+def test_status_page_subscription_key(
+    status: TokenStatus, key_source: KeySource, present: list[str], absent: list[str]
+) -> None:
+    page = page_of(card(status, key_source=key_source))
+    for text in present:
+        assert text in page
+    for text in absent:
+        assert text not in page
+    assert 'type="password" name="subscription_key" autocomplete="off"' in page
 
 
 @pytest.mark.parametrize(
     ("status", "present"),
     [
-        (
+        pytest.param(
             UNLINKED,
-            ['<span class="badge none">no token yet</span> <small>fetched automatically</small>',
-             "0 of 1 connection ready"],
+            ['<span class="badge not-linked">No token yet</span>', "0 of 1 connection ready"],
+            id="no-token-yet",
         ),
-        (
+        pytest.param(
             replace(FRESH, refresh_issued_at=None, scopes=()),
-            ['<span class="badge fresh">fresh</span>', "no refresh token", "in 55 min"],
+            ['<span class="badge linked">Linked</span>', "55 min</span>", "Revoke access"],
+            id="linked-without-refresh-token",  # nothing to warn about: it fetches a new one
         ),
-        (
+        pytest.param(
+            replace(FRESH, refresh_issued_at=NOW - 40 * DAY),
+            ['<span class="badge linked">Linked</span>'],
+            id="old-refresh-token",  # a machine connection does not depend on it
+        ),
+        pytest.param(
             replace(FRESH, state=TokenState.INVALID, ready=False, needs_consent=True,
-                    expires_at=NOW - 300, last_error="invalid_client"),
-            ['<span class="badge consent">credentials refused</span>',
-             "<code>invalid_client</code>"],
+                    expires_at=NOW - 300, last_error="invalid_client", failures=2),
+            ['<span class="badge credentials-refused">Credentials refused</span>',
+             'data-state="credentials_refused"',
+             "The provider refused the credentials (invalid_client)"],
+            id="credentials-refused",
         ),
     ],
 )
-def test_machine_credentials_rows_offer_no_consent(status: TokenStatus,
-                                                   present: list[str]) -> None:
-    page = status_page([row(status, interactive=False, provider="nomba")], now=NOW)
+def test_machine_credentials_cards_offer_no_consent(status: TokenStatus,
+                                                    present: list[str]) -> None:
+    machine = replace(card(status, asked=()), provider="nomba", key_source=None,
+                      interactive=False)
+    machine = replace(machine, report=replace(machine.report, assessment=assess(
+        status, now=NOW, refresh_token_lifetime=LIFETIME, has_subscription_key=True,
+        interactive=False)))
+    page = page_of(machine)
     for text in present:
         assert text in page
-    assert "machine credentials: no consent needed" in page
-    for text in ("Connect</a>", "/_proxy/login", "needs consent", "not linked"):
+    assert "Machine credentials: the proxy fetches its tokens by itself" in page
+    for text in ("Connect</button>", "/_proxy/login", "Needs consent", "Not linked",
+                 "Subscription key", "refresh token", "There is no refresh token"):
         assert text not in page
-    assert len(cells(page)) == 9
 
 
 def test_status_page_lists_every_connection() -> None:
-    page = status_page([row(FRESH), row(UNLINKED, name="other", prefix="/other/")], now=NOW)
+    page = page_of(card(FRESH), card(UNLINKED, name="other", prefix="/other/"))
     assert "1 of 2 connections ready" in page
-    assert page.count("<tr>") == 3  # the header and two rows
-    assert 'href="/_proxy/login?connection=other"' in page
+    assert page.count('<section class="card"') == 2
+    assert 'id="connection-other" data-state="not_linked"' in page
 
 
 def test_status_page_without_connections() -> None:
-    assert "No connections are configured." in status_page([], now=NOW)
+    assert "No connections are configured." in page_of()
+
+
+def test_status_page_script_and_notice() -> None:
+    page = page_of(card(FRESH), notice=Notice("ok", "Saved the key of <b>x</b>."))
+    assert '<script nonce="n0nce">' in page
+    assert '<div class="box ok notice" role="status"><p>Saved the key of &lt;b&gt;x' in page
+    assert "<script" not in status_page([card(FRESH)], now=NOW, csrf_token=CSRF)
 
 
 def test_status_page_escapes_everything() -> None:
-    status = replace(FRESH, scopes=(HOSTILE,), last_error=HOSTILE)
-    hostile_row = row(
+    status = replace(FRESH, scopes=(HOSTILE,), last_error=HOSTILE, failures=1)
+    hostile_card = card(
         status,
+        asked=(HOSTILE, "other"),
         name=HOSTILE,
         provider=HOSTILE,
         prefix=HOSTILE,
         upstream=HOSTILE,
         client_id=HOSTILE,
     )
-    page = status_page([hostile_row], now=NOW)
+    page = page_of(hostile_card)
     assert "<img" not in page
     assert 'onerror="' not in page
-    assert page.count("&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;&#x27;&quot;") == 7
-    assert "connection=%3Cimg%20src%3Dx%20onerror%3D%22alert%281%29%22%3E%26%27%22" in page
+    escaped = "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;&#x27;&quot;"
+    # the name (heading, id, the hidden field of three forms), provider, client id, prefix,
+    # upstream, the scope (granted and asked) and the error in the warning
+    assert page.count(escaped) == 11
 
 
 def test_linked_page() -> None:

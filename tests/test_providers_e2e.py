@@ -352,7 +352,8 @@ async def test_refused_credentials_fail_fast_and_heal_when_the_provider_accepts_
     ready = await (await proxy.get("/_proxy/readyz")).json()
     assert ready["connections"]["nomba"]["last_error"] == "invalid_client"
     page = await (await proxy.get("/_proxy/")).text()
-    assert "credentials refused" in page
+    assert 'data-state="credentials_refused"' in page
+    assert "The provider refused the credentials (invalid_client)" in page
 
     running.fake.add_client(CLIENT)  # fixed at the provider: the refresher's retry heals it
     await until(lambda: manager.status().ready)
@@ -398,5 +399,5 @@ async def test_machine_connections_have_nothing_to_link(
     assert "No consent needed" in text
     assert "machine credentials" in text
     page = await (await proxy.get("/_proxy/")).text()
-    assert "machine credentials: no consent needed" in page
+    assert "Machine credentials: the proxy fetches its tokens by itself" in page
     assert "/_proxy/login" not in page

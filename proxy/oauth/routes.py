@@ -1,8 +1,10 @@
-"""Consent routes: the status page, /_proxy/login and the callback at each redirect URI's path.
+"""Consent routes: /_proxy/login (GET, or POST from the page) and the callback at each redirect
+URI's path. The status page and its other forms are in `proxy.console`.
 
-A login keeps its `state`, PKCE verifier, connection and start time in an encrypted session
-cookie (aiohttp-session's EncryptedCookieStorage). The session is handled by these handlers
-alone, never by an app-wide middleware: forwarded requests do not pay for it.
+A login keeps its `state`, PKCE verifier, connection, start time and (when the person entered
+one with Connect) the subscription key in an encrypted session cookie (aiohttp-session's
+EncryptedCookieStorage); the same cookie carries the page's CSRF token. The session is handled
+by these handlers alone, never by an app-wide middleware: forwarded requests do not pay for it.
 
 Every login starts a fresh session (a new cookie value; only other pending logins are carried
 over, capped), and a callback removes the state it used, whatever the outcome, so a state is
@@ -29,9 +31,9 @@ from aiohttp_session.cookie_storage import EncryptedCookieStorage
 from cryptography.fernet import Fernet
 from yarl import URL
 
-from proxy import pages
+from proxy import csrf, pages
 from proxy.config import Settings
-from proxy.connection import Connection
+from proxy.connection import Connection, valid_subscription_key
 from proxy.oauth.protocol import (
     GrantError,
     authorize_url,
@@ -52,6 +54,8 @@ Clock = Callable[[], float]
 SESSION_COOKIE: Final = "nmbrs_proxy_session"
 # How long a started login may take, from the redirect to the callback.
 LOGIN_MAX_AGE_SECONDS: Final = 600
+# How long the cookie (and so a page's CSRF token) lives; each login has its own limit above.
+SESSION_MAX_AGE_SECONDS: Final = 3600
 # Logins started in other tabs that stay valid; the oldest beyond this are forgotten.
 MAX_PENDING_LOGINS: Final = 5
 SESSION_KEY_FILE: Final = "session.key"
@@ -61,7 +65,7 @@ _SHOWN_MAX: Final = 300
 # Identity-service errors that mean "try later", not "this request was wrong".
 _UNAVAILABLE_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error"})
 
-_PAGE_HEADERS: Final = {
+PAGE_HEADERS: Final = {
     "Cache-Control": "no-store",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
@@ -128,9 +132,18 @@ class PendingLogin:
     connection: str
     verifier: str = field(repr=False)
     created: float
+    # Entered with Connect; kept with the token set once the login completes.
+    subscription_key: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"connection": self.connection, "verifier": self.verifier, "created": self.created}
+        data: dict[str, Any] = {
+            "connection": self.connection,
+            "verifier": self.verifier,
+            "created": self.created,
+        }
+        if self.subscription_key is not None:
+            data["subscription_key"] = self.subscription_key
+        return data
 
     @classmethod
     def from_json(cls, data: object) -> PendingLogin | None:
@@ -145,7 +158,13 @@ class PendingLogin:
             return None
         if not isinstance(created, int | float) or isinstance(created, bool):
             return None
-        return cls(connection=connection, verifier=verifier, created=float(created))
+        key = data.get("subscription_key")
+        return cls(
+            connection=connection,
+            verifier=verifier,
+            created=float(created),
+            subscription_key=key if isinstance(key, str) else None,
+        )
 
 
 def pending_logins(session: Session) -> dict[str, PendingLogin]:
@@ -205,7 +224,7 @@ class Consent:
             self.storages[secure] = EncryptedCookieStorage(
                 fernet,
                 cookie_name=SESSION_COOKIE,
-                max_age=LOGIN_MAX_AGE_SECONDS,
+                max_age=SESSION_MAX_AGE_SECONDS,
                 path="/",
                 secure=secure or None,
                 httponly=True,
@@ -230,13 +249,13 @@ def callback_path(redirect_uri: str) -> str:
 
 
 def setup_consent(app: web.Application, settings: Settings, *, clock: Clock = time.time) -> None:
-    """Register the status page, the login redirect and a callback per redirect-URI path."""
+    """Register the login (GET and POST) and a callback per redirect-URI path."""
     consent = Consent(settings=settings, clock=clock)
     app[CONSENT] = consent
     app.on_startup.append(consent.startup)
     app.router.add_get("/_proxy", _to_status_page)
-    app.router.add_get(pages.STATUS_PATH, status)
     app.router.add_get(pages.LOGIN_PATH, login)
+    app.router.add_post(pages.LOGIN_PATH, login_form)
     redirect_uris = {c.redirect_uri for c in settings.connections if c.redirect_uri is not None}
     for path in sorted({callback_path(uri) for uri in redirect_uris}):
         # A plain resource: a path with "{" in it is not mistaken for a route pattern.
@@ -245,16 +264,36 @@ def setup_consent(app: web.Application, settings: Settings, *, clock: Clock = ti
         resource.add_route("GET", callback)
 
 
-def _page(text: str, status: int = 200) -> web.Response:
+def page_response(
+    text: str, status: int = 200, *, headers: Mapping[str, str] = PAGE_HEADERS
+) -> web.Response:
     return web.Response(
-        text=text, status=status, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS
+        text=text, status=status, content_type="text/html", charset="utf-8", headers=headers
     )
 
 
-def _problem(
+def problem_response(
     status: int, title: str, *lines: str, retry_connection: str | None = None
 ) -> web.Response:
-    return _page(pages.problem_page(title, lines, retry_connection=retry_connection), status)
+    page = pages.problem_page(title, lines, retry_connection=retry_connection)
+    return page_response(page, status)
+
+
+async def checked_form(request: web.Request) -> Mapping[str, str] | web.Response:
+    """The fields of a POST from the /_proxy/ page, or the page that refuses it (CSRF)."""
+    if not csrf.same_origin(request.headers, host=request.host):
+        return problem_response(403, "Refused", "This form was sent from another site.")
+    form = await request.post()
+    fields = {name: value for name, value in form.items() if isinstance(value, str)}
+    session = await request.app[CONSENT].load(request)
+    if not csrf.tokens_match(csrf.token_of(session), fields.get(csrf.FORM_FIELD)):
+        return problem_response(
+            403,
+            "This form has expired",
+            "The page this form came from is too old, or was opened in another browser.",
+            "Reload the list of connections and try again.",
+        )
+    return fields
 
 
 def _shown(text: str, *, hide: tuple[str, ...] = ()) -> str:
@@ -267,8 +306,9 @@ def _shown(text: str, *, hide: tuple[str, ...] = ()) -> str:
 
 def _secret_values(connection: Connection) -> tuple[str, ...]:
     settings = connection.settings
-    keys = settings.subscription_keys
-    return (settings.client_secret.reveal(), *(key.reveal() for key in keys))
+    keys = (*(key.reveal() for key in settings.subscription_keys),
+            connection.manager.subscription_key)
+    return (settings.client_secret.reveal(), *(key for key in keys if key))
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -278,29 +318,33 @@ async def _to_status_page(_request: web.Request) -> web.Response:
     return web.Response(status=301, headers={"Location": pages.STATUS_PATH})
 
 
-async def status(request: web.Request) -> web.Response:
-    state = request.app[PROXY_STATE]
-    rows = [
-        pages.ConnectionRow(
-            name=c.name,
-            provider=c.settings.provider,
-            prefix=c.settings.prefix,
-            upstream=c.settings.upstream,
-            client_id=c.settings.client_id,
-            status=c.manager.status(),
-            interactive=c.consent is not None,
-        )
-        for c in state.connections.values()
-    ]
-    return _page(pages.status_page(rows, now=request.app[CONSENT].clock()))
-
-
 async def login(request: web.Request) -> web.Response:
+    return await _start_login(request, request.query.get("connection", ""), None)
+
+
+async def login_form(request: web.Request) -> web.Response:
+    """Connect / Reconnect from the page: a POST, so a subscription key can come along."""
+    fields = await checked_form(request)
+    if isinstance(fields, web.Response):
+        return fields
+    key = fields.get("subscription_key", "").strip() or None
+    if key is not None and not valid_subscription_key(key):
+        return problem_response(
+            400,
+            "That subscription key cannot be right",
+            "A subscription key is up to 256 visible characters, without spaces.",
+            "Nothing was changed.",
+        )
+    return await _start_login(request, fields.get("connection", ""), key)
+
+
+async def _start_login(
+    request: web.Request, name: str, subscription_key: str | None
+) -> web.Response:
     consent = request.app[CONSENT]
     connections = request.app[PROXY_STATE].connections
-    name = request.query.get("connection", "")
     if not name:
-        return _problem(
+        return problem_response(
             400,
             "Which connection?",
             "The login needs a connection name: /_proxy/login?connection=NAME.",
@@ -308,7 +352,7 @@ async def login(request: web.Request) -> web.Response:
         )
     connection = connections.get(name)
     if connection is None:
-        return _problem(
+        return problem_response(
             404,
             "No such connection",
             f"No connection is configured with the name {_shown(name)!r}.",
@@ -316,7 +360,7 @@ async def login(request: web.Request) -> web.Response:
         )
     grant = connection.consent
     if grant is None:
-        return _problem(
+        return problem_response(
             400,
             "No consent needed",
             f"Connection {name!r} uses machine credentials ({connection.settings.provider}): "
@@ -325,7 +369,7 @@ async def login(request: web.Request) -> web.Response:
     try:
         endpoints = await grant.discovery.endpoints()
     except GrantError as exc:
-        return _problem(
+        return problem_response(
             502,
             "The identity service cannot be reached",
             f"Reading the discovery document of {grant.discovery.issuer} failed: "
@@ -344,7 +388,9 @@ async def login(request: web.Request) -> web.Response:
     old = await consent.load(request)
     pending = _unexpired(pending_logins(old), now)
     state, verifier = new_state(), new_pkce_verifier()
-    pending[state] = PendingLogin(connection=name, verifier=verifier, created=now)
+    pending[state] = PendingLogin(
+        connection=name, verifier=verifier, created=now, subscription_key=subscription_key
+    )
     # A fresh session, never the one the browser brought: a new cookie value on every login.
     session = await consent.storage_for(connection).new_session()
     _store_pending(session, _capped(pending))
@@ -357,7 +403,11 @@ async def login(request: web.Request) -> web.Response:
         state=state,
         code_challenge=pkce_challenge(verifier),
     )
-    response = web.Response(status=302, headers={**_PAGE_HEADERS, "Location": location})
+    # 303: after a POST from the page the browser follows with a GET, as for a plain link.
+    response = web.Response(
+        status=303 if request.method == "POST" else 302,
+        headers={**PAGE_HEADERS, "Location": location},
+    )
     await consent.storage_for(connection).save_session(request, response, session)
     log.info("consent started for connection %s", name)
     return response
@@ -376,7 +426,7 @@ class _Refusal(Exception):
         self.retry_connection = retry_connection
 
     def response(self) -> web.Response:
-        return _problem(
+        return problem_response(
             self.status, self.title, *self.lines, retry_connection=self.retry_connection
         )
 
@@ -428,7 +478,7 @@ async def _complete(
     tokens = await _exchange(connection, grant, code, started.verifier)
     warning = None
     try:
-        await connection.manager.adopt(tokens)
+        await connection.manager.adopt(tokens, subscription_key=started.subscription_key)
     except StoreError:
         warning = (
             "The token could not be saved to the token store (see the proxy's log). It serves "
@@ -436,7 +486,7 @@ async def _complete(
             "would need a new login."
         )
     log.info("connection %s linked", connection.name)
-    return _page(
+    return page_response(
         pages.linked_page(
             connection=connection.name,
             scopes=tokens.scopes,

@@ -21,13 +21,15 @@ class LinkState(enum.Enum):
     LINKED = "linked"  # serving, refreshes succeed
     FAILING = "failing"  # linked, but the last refresh attempts failed (network, 5xx, ...)
     NEEDS_CONSENT = "needs_consent"  # the grant is gone: a person must connect again
-    NOT_LINKED = "not_linked"  # nobody has connected it yet
+    NOT_LINKED = "not_linked"  # nobody has connected it yet (machine credentials: no token yet)
+    REFUSED = "credentials_refused"  # machine credentials the provider refuses
 
 
 class Concern(enum.Enum):
     """What the page warns about and `nmbrs_proxy_connection_warning` reports; names only."""
 
     CONSENT_REQUIRED = "consent_required"
+    CREDENTIALS_REFUSED = "credentials_refused"
     REFRESH_FAILING = "refresh_failing"
     REFRESH_TOKEN_EXPIRING = "refresh_token_expiring"  # noqa: S105 - a warning's name
     NO_REFRESH_TOKEN = "no_refresh_token"  # noqa: S105 - a warning's name
@@ -55,15 +57,23 @@ def assess(
     now: float,
     refresh_token_lifetime: float,
     has_subscription_key: bool,
+    interactive: bool = True,
 ) -> Assessment:
+    """`interactive`: a person links the connection (consent). Machine credentials fetch a new
+    token by themselves, so their refresh token (if any) is nothing to warn about."""
     concerns: set[Concern] = set()
     if not has_subscription_key:
         concerns.add(Concern.NO_SUBSCRIPTION_KEY)
+    if status.needs_consent and not interactive:
+        concerns.add(Concern.CREDENTIALS_REFUSED)
+        return Assessment(LinkState.REFUSED, frozenset(concerns), None)
     if not status.linked:
         return Assessment(LinkState.NOT_LINKED, frozenset(concerns), None)
 
     expires_at = None
-    if status.refresh_issued_at is None:
+    if not interactive:
+        pass
+    elif status.refresh_issued_at is None:
         concerns.add(Concern.NO_REFRESH_TOKEN)
     else:
         expires_at = status.refresh_issued_at + refresh_token_lifetime
