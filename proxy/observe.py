@@ -129,10 +129,9 @@ def _log_access(
 ) -> None:
     path = split_target(request.raw_path)[0]  # never the query: its values may be personal
     connection = observation.connection
-    if response is None:
-        sent = None
-    else:
-        sent = response.body_length if response.prepared else response.content_length
+    sent = observation.body_bytes
+    if sent is None and response is not None and not response.prepared:
+        sent = response.content_length  # a whole response, written after this middleware
     access_log.log(
         level,
         "%s %s %d",
@@ -148,7 +147,7 @@ def _log_access(
             "duration_ms": round(seconds * 1000, 3),
             "upstream_ms": round(observation.upstream_seconds * 1000, 3),
             "connection": None if connection is None else connection.name,
-            "bytes_sent": sent,
+            "body_bytes": sent,
         },
     )
 
@@ -159,9 +158,11 @@ def response_hook(traffic: Traffic) -> Callable[[web.Request, web.StreamResponse
         if observation is not None:
             response.headers[REQUEST_ID_HEADER] = observation.request_id
         if traffic.draining:
-            # The connection closes after this answer: the client opens its next one to a
-            # server that is still accepting (RFC 9112 §9.6).
+            # The connection closes after this answer, and says so (RFC 9112 §9.6): the client
+            # opens its next one to a server that is still accepting. (aiohttp has chosen the
+            # Connection header before this hook runs, so it is set here as well.)
             response.force_close()
+            response.headers["Connection"] = "close"
 
     return on_response_prepare
 

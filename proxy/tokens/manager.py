@@ -113,6 +113,8 @@ class TokenManager:
         self._last_failure_at: float | None = None
         self._last_refresh_at: float | None = None
         self._unsaved = False
+        self._save_failures = 0
+        self._last_save_failure_at: float | None = None
         self._failures = 0  # retryable failures in a row: the backoff
         self._failed_attempts = 0  # every failure in a row, fatal ones too: what the page shows
         self._failing_since: float | None = None
@@ -296,10 +298,18 @@ class TokenManager:
             backoff = self._backoff()
             since = now - (self._last_failure_at or now)
             return backoff + self._jitter(backoff / 2) - since
-        if tokens is None or self._unsaved:
+        if tokens is None:
             return 0.0
+        if self._unsaved:  # retry the save, backing off like a refresh
+            return self._save_retry_delay(now)
         jitter = self._jitter(min(MAX_JITTER_SECONDS, tokens.lifetime / 20))
         return tokens.refresh_at(self._margin) - jitter - now
+
+    def _save_retry_delay(self, now: float) -> float:
+        failures = max(self._save_failures, 1)
+        backoff = min(BACKOFF_MAX_SECONDS, BACKOFF_FIRST_SECONDS * 2 ** (failures - 1))
+        since = now - (self._last_save_failure_at or now)
+        return float(backoff + self._jitter(backoff / 2) - since)
 
     async def _refresh_for_request(self) -> TokenSet:
         if self._needs_consent or (self._tokens is None and self.grant.interactive):
@@ -390,10 +400,13 @@ class TokenManager:
             await self._store.save(self.connection, tokens)
         except StoreError:
             self._unsaved = True
+            self._save_failures += 1
+            self._last_save_failure_at = self._clock()
             self._events.store_failed(self.connection, operation="save")
             log.exception("could not save the token of connection %s", self.connection)
             return False
         self._unsaved = False
+        self._save_failures = 0
         return True
 
     def _consent_error(self) -> ConsentRequired | CredentialsRefused:
