@@ -15,6 +15,7 @@ from proxy.state import PROXY_STATE
 from proxy.tokens.model import TokenState
 from proxy.tokens.store import FileStore
 from tests.conftest import ProxyFactory, RunningSandbox, start_running_sandbox, until
+from tests.scrape import scrape
 
 
 @pytest.fixture
@@ -209,3 +210,26 @@ async def test_a_stale_token_with_a_dead_grant_does_not_hammer_the_identity_serv
     assert statuses == [200] * 20
     assert short_lived.sandbox.stats.token_requests.total() == 1
     assert (await proxy.get("/_proxy/readyz")).status == 503  # the operator sees it early
+
+
+async def test_an_idle_connection_keeps_refreshing_on_schedule(make_proxy: ProxyFactory) -> None:
+    """No traffic at all: the refresher alone keeps the grant (and its refresh token) young."""
+    idle, server = await start_running_sandbox(access_token_lifetime=1.0)
+    try:
+        proxy = await make_proxy(idle.connection(), tokens={"nmbrs": idle.tokens()})
+        manager = proxy.app[PROXY_STATE].connections["nmbrs"].manager
+        await until(lambda: manager.refresh_count >= 3)
+        stats = idle.sandbox.stats
+        assert stats.api_requests == 0  # nobody asked for anything
+        assert _refreshes(idle) >= 3
+        assert set(stats.refresh_redemptions.values()) == {1}  # each refresh token used once
+        assert stats.token_errors.total() == 0
+        status = manager.status()
+        assert status.refresh_issued_at is not None
+        assert time.time() - status.refresh_issued_at < 1.5  # rotated on every refresh
+        found = await scrape(proxy)
+        assert found.get("nmbrs_proxy_token_refreshes_total", connection="nmbrs",
+                         outcome="success") >= 3
+        assert found.get("nmbrs_proxy_refresh_token_age_seconds", connection="nmbrs") < 1.5
+    finally:
+        await server.close()

@@ -34,6 +34,7 @@ class Spec:
     prefix: str = "/"
     callback_path: str = CALLBACK_PATH
     scheme: str = "http"
+    subscription_key: str | None = SUBSCRIPTION_KEY
 
 
 MakeEnv = Callable[..., Awaitable[Env]]
@@ -89,6 +90,7 @@ async def make_env(
                 sandbox_url=sandbox_url,
                 redirect_uri=f"{spec.scheme}://127.0.0.1:{port}{spec.callback_path}",
                 prefix=spec.prefix,
+                subscription_key=spec.subscription_key,
             )
             for spec in specs
         )

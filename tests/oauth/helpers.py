@@ -34,6 +34,7 @@ def connection(
     redirect_uri: str,
     prefix: str = "/",
     scopes: tuple[str, ...] = SCOPES,
+    subscription_key: str | None = SUBSCRIPTION_KEY,
 ) -> ConnectionSettings:
     return ConnectionSettings(
         name=name,
@@ -45,7 +46,7 @@ def connection(
         issuer=sandbox_url,
         redirect_uri=redirect_uri,
         scopes=scopes,
-        subscription_key=Secret(SUBSCRIPTION_KEY),
+        subscription_key=None if subscription_key is None else Secret(subscription_key),
     )
 
 
@@ -93,6 +94,16 @@ class Browser:
         if url.startswith("/"):
             url = self.proxy_url + url
         async with self.session.get(url, allow_redirects=False) as response:
+            hop = Hop(response.status, response.headers, await response.text())
+        self.seen.append(hop)
+        return hop
+
+    async def post(self, url: str, form: dict[str, str], headers: dict[str, str] | None = None
+                   ) -> Hop:
+        if url.startswith("/"):
+            url = self.proxy_url + url
+        async with self.session.post(url, data=form, headers=headers,
+                                     allow_redirects=False) as response:
             hop = Hop(response.status, response.headers, await response.text())
         self.seen.append(hop)
         return hop
