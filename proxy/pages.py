@@ -35,8 +35,8 @@ h2{font-size:1.15rem;margin:0}
 p.lead{color:#59636e;margin:0 0 1.2rem}
 code{font-size:.85em;background:#eff2f5;padding:.05rem .25rem;border-radius:4px}
 small{color:#59636e}
-.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(26rem,1fr));gap:1rem;
-max-width:84rem}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(min(30rem,100%),1fr));
+gap:1rem;max-width:84rem;align-items:start}
 .card{background:#fff;border:1px solid #d1d9e0;border-radius:10px;padding:1rem 1.2rem}
 .card-head{display:flex;align-items:center;justify-content:space-between;gap:1rem}
 .card .meta{color:#59636e;font-size:.85rem;margin:.3rem 0 .8rem;overflow-wrap:anywhere}
@@ -47,7 +47,8 @@ font-weight:600;white-space:nowrap}
 .badge.needs-consent{background:#ffebe9;color:#a40e26}
 .badge.not-linked{background:#eff2f5;color:#59636e}
 .badge.credentials-refused{background:#ffebe9;color:#a40e26}
-dl.facts{display:grid;grid-template-columns:9rem 1fr;gap:.35rem .8rem;margin:.8rem 0}
+dl.facts{display:grid;grid-template-columns:8rem minmax(0,1fr);gap:.35rem .8rem;
+margin:.8rem 0}
 dl.facts dt{color:#59636e;font-size:.85rem}
 dl.facts dd{margin:0;overflow-wrap:anywhere}
 ul.scopes{list-style:none;margin:0;padding:0;display:flex;flex-wrap:wrap;gap:.3rem}
@@ -60,6 +61,7 @@ ul.scopes li.extra{background:#ddf4ff;border-color:#54aeff}
 ul.scopes li.extra::before{content:"+ "}
 form{margin:0}
 form.inline{display:flex;gap:.4rem;margin-top:.35rem}
+form.inline input{flex:1 1 6rem}
 form.connect{display:flex;align-items:center;gap:.5rem;flex-wrap:wrap}
 form.connect label{display:flex;align-items:center;gap:.4rem;font-size:.85rem;color:#59636e}
 input[type=password]{font:inherit;padding:.25rem .5rem;border:1px solid #d1d9e0;
@@ -76,6 +78,7 @@ details.revoke summary{cursor:pointer;color:#a40e26;font-weight:600;padding:.3re
 details.revoke p{font-size:.85rem;color:#59636e;max-width:24rem}
 .box{border:1px solid #d1d9e0;border-radius:8px;padding:.2rem 1rem;max-width:44rem;
 margin:.6rem 0;background:#fff}
+.box.notice{max-width:84rem;margin:0 0 1rem}
 .box.error{border-color:#ff8182;background:#fff5f5}
 .box.ok{border-color:#4ac26b;background:#f4fff6}
 .box.warn{border-color:#d4a72c;background:#fffbea}
@@ -120,6 +123,13 @@ def format_relative(timestamp: float, now: float) -> str:
     if delta >= 0:
         return f"in {format_duration(delta)}"
     return f"{format_duration(-delta)} ago"
+
+
+def expiry_phrase(expires_at: float, now: float) -> str:
+    """"expires in 5 min" or "expired 3 min ago" (the page's script ticks the same words)."""
+    if expires_at >= now:
+        return f"expires in {format_duration(expires_at - now)}"
+    return f"expired {format_duration(now - expires_at)} ago"
 
 
 # --- layout ---------------------------------------------------------------------------------
@@ -189,7 +199,7 @@ if(m<60)return m+" min";var h=Math.floor(m/60);m=m%60;if(h<48)return m?h+" h "+m
 return Math.floor(h/24)+" d";}
 function tick(){var now=Date.now()/1000;document.querySelectorAll("[data-expires]").forEach(
 function(e){var d=parseFloat(e.getAttribute("data-expires"))-now;
-e.textContent=d>=0?"in "+f(d):"expired "+f(-d)+" ago";});}
+e.textContent=d>=0?"expires in "+f(d):"expired "+f(-d)+" ago";});}
 tick();setInterval(tick,1000);})();
 """.strip()
 
@@ -319,8 +329,8 @@ def _facts(card: ConnectionCard, now: float, csrf_token: str) -> list[str]:
     rows: list[tuple[str, str]] = []
     if status.expires_at is not None:
         expiry = (
-            f'{esc(status.state.value)} · expires <span data-expires="{status.expires_at:.0f}">'
-            f"{esc(format_relative(status.expires_at, now))}</span>"
+            f'{esc(status.state.value)} · <span data-expires="{status.expires_at:.0f}">'
+            f"{esc(expiry_phrase(status.expires_at, now))}</span>"
             f" <small>({esc(format_utc(status.expires_at))})</small>"
         )
         rows.append(("Access token", expiry))
@@ -385,7 +395,12 @@ def _key_fact(card: ConnectionCard, key_source: KeySource, csrf_token: str) -> s
     if not card.interactive:
         return esc(source)
     if not card.report.status.linked:
-        return esc(source) + " <small>(a key entered with Connect is kept)</small>"
+        hint = {
+            KeySource.PAGE: "",
+            KeySource.CONFIG: " <small>(a key entered with Connect replaces it)</small>",
+            KeySource.MISSING: " <small>(enter it with Connect)</small>",
+        }[key_source]
+        return esc(source) + hint
     return (
         f"{esc(source)}"
         f'<form class="inline" method="post" action="{KEY_PATH}">'

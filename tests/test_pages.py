@@ -11,6 +11,7 @@ from proxy.pages import (
     ConnectionCard,
     KeySource,
     Notice,
+    expiry_phrase,
     format_duration,
     format_relative,
     format_utc,
@@ -86,6 +87,14 @@ def test_format_relative(timestamp: float, text: str) -> None:
     assert format_relative(timestamp, NOW) == text
 
 
+@pytest.mark.parametrize(
+    ("expires_at", "text"),
+    [(NOW + 600, "expires in 10 min"), (NOW, "expires in 0 s"), (NOW - 90, "expired 1 min ago")],
+)
+def test_expiry_phrase(expires_at: float, text: str) -> None:
+    assert expiry_phrase(expires_at, NOW) == text
+
+
 def test_format_utc() -> None:
     assert format_utc(0) == "1970-01-01 00:00:00 UTC"
     assert format_utc(NOW) == "2027-01-15 08:00:00 UTC"
@@ -154,8 +163,8 @@ def page_of(*cards: ConnectionCard, notice: Notice | None = None) -> str:
                 '<span class="badge linked">Linked</span>',
                 ">Reconnect</button>",
                 ">Revoke access</button>",
-                "fresh · expires",
-                f'data-expires="{NOW + 55 * 60:.0f}">in 55 min</span>',
+                "fresh · <span",
+                f'data-expires="{NOW + 55 * 60:.0f}">expires in 55 min</span>',
                 "2027-01-15 08:55:00 UTC",
                 "<dt>Last refresh</dt><dd>5 min ago</dd>",
                 "<dt>Refresh token</dt><dd>2 h old</dd>",
@@ -167,7 +176,7 @@ def page_of(*cards: ConnectionCard, notice: Notice | None = None) -> str:
         ),
         pytest.param(
             replace(FRESH, state=TokenState.STALE, expires_at=NOW + 120),
-            ["stale · expires", "in 2 min</span>"],
+            ["stale · <span", ">expires in 2 min</span>"],
             ["box warn"],
             id="stale",
         ),
@@ -186,7 +195,7 @@ def page_of(*cards: ConnectionCard, notice: Notice | None = None) -> str:
                 'data-state="needs_consent"',
                 '<span class="badge needs-consent">Needs consent</span>',
                 "refused the refresh token (invalid_grant)",
-                "invalid · expires",
+                ">expired 5 min ago</span>",
                 ">Reconnect</button>",
             ],
             ["Refreshing the token has failed"],
