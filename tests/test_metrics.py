@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -236,3 +237,18 @@ async def test_openmetrics_when_the_scraper_asks_for_it(
     )
     assert response.headers["Content-Type"].startswith("application/openmetrics-text")
     assert (await response.text()).endswith("# EOF\n")
+
+
+async def test_the_readme_table_lists_every_metric(
+    nmbrs: RunningSandbox, make_proxy: ProxyFactory
+) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    documented = set(re.findall(r"^\| `(nmbrs_proxy_\w+)` \|", readme, flags=re.MULTILINE))
+    proxy = await make_proxy(nmbrs.connection(), tokens={"nmbrs": nmbrs.tokens()})
+    found = await scrape(proxy)
+    exposed = {
+        f"{name}_total" if kind == "counter" else name
+        for name, kind in found.types.items()
+        if name.startswith(P)
+    }
+    assert documented == exposed
