@@ -23,6 +23,7 @@ from proxy.logs import FORMATS, LEVELS, setup_logging
 from proxy.oauth.protocol import GrantError
 from proxy.policy import bind_problem, exposure_warning, hash_key, new_key
 from proxy.secret import revealed_in
+from proxy.tokens.health import DAY, warning_window
 from proxy.tokens.model import token_state
 from proxy.tokens.store import FileStore, StoreError
 
@@ -257,8 +258,22 @@ async def _status(settings: Settings, out: TextIO) -> int:
             else f"{(now - tokens.refresh_issued_at) / 86400:.1f} days old"
         )
         linked = "linked" if connection.interactive else "has a token"
+        if tokens.subscription_key is not None:
+            key = ", subscription key entered on the page"
+        elif connection.subscription_key is not None:
+            key = ", subscription key from the configuration"
+        else:
+            key = ", subscription key missing" if connection.provider == "nmbrs" else ""
         print(f"{connection.name}: {linked}, access token {state.value}, expires {expiry}, "
-              f"refresh token {refresh_age}, scopes {' '.join(tokens.scopes) or '-'}", file=out)
+              f"refresh token {refresh_age}, scopes {' '.join(tokens.scopes) or '-'}{key}",
+              file=out)
+        lifetime = connection.refresh_token_lifetime_days * DAY
+        if connection.interactive and tokens.refresh_issued_at is not None:
+            left = tokens.refresh_issued_at + lifetime - now
+            if left <= warning_window(lifetime):
+                print(f"{connection.name}: warning: the refresh token reaches the end of its "
+                      f"lifetime in {max(left, 0) / DAY:.1f} days; connect again before then "
+                      "unless a refresh succeeds", file=out)
     return 0
 
 

@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,29 @@ async def test_status_shows_state_but_no_secret(
     out = capsys.readouterr().out
     assert code == 0
     assert "nmbrs: linked, access token fresh" in out
+    assert "subscription key from the configuration" in out
+    assert "warning" not in out
     for secret in ("zz9",):
         assert secret not in out
+
+
+async def test_status_warns_before_the_refresh_token_lapses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "config.toml").write_text(GOOD)
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    old = token_set("access-zz9", refresh_token="refresh-zz9")
+    old = replace(old, refresh_issued_at=old.obtained_at - 25 * 86400, subscription_key="k-zz9")
+    await FileStore(tmp_path / "state" / "tokens.json").save("nmbrs", old)
+    import asyncio  # noqa: PLC0415
+
+    code = await asyncio.to_thread(main, ["status", "--config", str(tmp_path / "config.toml")])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "subscription key entered on the page" in out
+    assert "nmbrs: warning: the refresh token reaches the end of its lifetime in 5.0 days" in out
+    assert "zz9" not in out
 
 
 def test_status_of_an_unlinked_connection(tmp_path: Path) -> None:
