@@ -132,12 +132,16 @@ def _log_access(
     sent = observation.body_bytes
     if sent is None and response is not None and not response.prepared:
         sent = response.content_length  # a whole response, written after this middleware
-    access_log.log(
+    # makeRecord + handle: the same record as access_log.log(), without the search for the
+    # caller's file and line, which nobody reads for this line.
+    record = access_log.makeRecord(
+        ACCESS_LOGGER,
         level,
+        "",
+        0,
         "%s %s %d",
-        request.method,
-        path,
-        status,
+        (request.method, path, status),
+        None,
         extra={
             "request_id": observation.request_id,
             "remote": request.remote,
@@ -150,6 +154,7 @@ def _log_access(
             "body_bytes": sent,
         },
     )
+    access_log.handle(record)
 
 
 def response_hook(traffic: Traffic) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
