@@ -121,14 +121,8 @@ async def drive(url: str, concurrency: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--code-root", default=".")
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--concurrency", type=int, default=32)
-    args = parser.parse_args()
+async def main(args: argparse.Namespace, code_root: str) -> None:
     upstream_port, proxy_port = free_port(), free_port()
-    code_root = os.path.realpath(args.code_root)
     with tempfile.TemporaryDirectory() as folder:
         config = write_config(Path(folder), upstream_port, proxy_port)
         log = open_log(Path(folder))
@@ -167,4 +161,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--code-root", default=".")
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--concurrency", type=int, default=32)
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments, os.path.realpath(arguments.code_root)))
