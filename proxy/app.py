@@ -29,6 +29,7 @@ from proxy.metrics import Metrics
 from proxy.oauth.routes import setup_consent
 from proxy.observe import (
     METRICS,
+    PROXY_APP,
     TRAFFIC,
     Traffic,
     healthz,
@@ -155,3 +156,17 @@ def create_app(
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
     app.router.add_route("*", "/{tail:.*}", forward)
     return app
+
+
+def create_ops_app(proxy: web.Application) -> web.Application:
+    """The ops listener's application: health, readiness and metrics of `proxy`, nothing else.
+
+    It forwards nothing and serves no page or action, so it can face the network (probes,
+    Prometheus) while the proxy itself stays on loopback.
+    """
+    ops = web.Application()
+    ops[PROXY_APP] = proxy
+    ops.router.add_get("/_proxy/healthz", healthz)
+    ops.router.add_get("/_proxy/readyz", readyz)
+    ops.router.add_get("/_proxy/metrics", metrics)
+    return ops

@@ -206,8 +206,8 @@ def _hash_key(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from proxy.app import create_app  # noqa: PLC0415 - keeps check-config and status light
-    from proxy.server import inherited_sockets, serve  # noqa: PLC0415 - as above
+    from proxy.app import create_app, create_ops_app  # noqa: PLC0415 - keeps status light
+    from proxy.server import OpsListener, inherited_sockets, serve  # noqa: PLC0415 - as above
 
     host = args.host or settings.server.host
     policy = settings.access_policy()
@@ -220,13 +220,20 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("proxy").warning("%s", warning)
     # Sockets passed by a service manager (systemd socket activation) win over host and port.
     sockets = inherited_sockets(os.environ, os.getpid())
+    app = create_app(settings)
+    server = settings.server
+    ops = (
+        None if server.ops_port is None
+        else OpsListener(create_ops_app(app), server.ops_host, server.ops_port)
+    )
     try:
         asyncio.run(serve(
-            create_app(settings),
+            app,
             host=host,
-            port=settings.server.port if args.port is None else args.port,
-            grace=settings.server.shutdown_grace_seconds,
+            port=server.port if args.port is None else args.port,
+            grace=server.shutdown_grace_seconds,
             sockets=sockets,
+            ops=ops,
         ))
     except OSError as exc:
         logging.getLogger("proxy").error("cannot serve: %s", exc)  # noqa: TRY400 - no traceback

@@ -52,6 +52,10 @@ class ServerSettings:
     allow_anonymous: bool = False
     # On SIGTERM: how long requests in flight may take to finish before they are cut off.
     shutdown_grace_seconds: float = 25.0
+    # A second listener for probes and scrapers only (/_proxy/healthz, readyz, metrics): it
+    # forwards nothing, so it may face the network while `host` stays on loopback. None: off.
+    ops_host: str = "127.0.0.1"
+    ops_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -729,7 +733,15 @@ def _server(table: _Reader) -> ServerSettings:
         shutdown_grace_seconds=table.get(
             "shutdown_grace_seconds", _seconds(allow_zero=True), 25
         ),
+        ops_host=table.get("ops_host", _text, "127.0.0.1"),
+        ops_port=table.optional("ops_port", _port),
     )
+    if (
+        settings.ops_port is not None
+        and settings.ops_port == settings.port != 0
+        and table.is_valid("ops_port")
+    ):
+        table.problem("must differ from server.port", "ops_port")
     table.finish()
     return settings
 

@@ -130,7 +130,7 @@ class _Enqueue(QueueHandler):
         super().__init__(records)
         self.filters = output.filters  # the same list: see the class docstring
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def filter(self, record: logging.LogRecord) -> bool:  # noqa: ARG002 - logging's signature
         return True  # the writer applies the filters
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:

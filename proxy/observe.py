@@ -69,6 +69,13 @@ class Traffic:
 
 TRAFFIC: Final = web.AppKey("traffic", Traffic)
 METRICS: Final = web.AppKey("metrics", Metrics)
+# On the ops listener's own small app: the proxy's app it reports on.
+PROXY_APP: Final = web.AppKey("proxy_app", web.Application)
+
+
+def _proxy_app(request: web.Request) -> web.Application:
+    """The proxy's application: the one serving `request`, or the one an ops app watches."""
+    return request.app.get(PROXY_APP, request.app)
 
 
 def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
@@ -180,8 +187,9 @@ async def healthz(_request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    state = request.app[PROXY_STATE]
-    draining = request.app[TRAFFIC].draining
+    app = _proxy_app(request)
+    state = app[PROXY_STATE]
+    draining = app[TRAFFIC].draining
     now = state.clock()
     connections = {}
     for name, connection in state.connections.items():
@@ -204,5 +212,5 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body, content_type = request.app[METRICS].render(request.headers.get("Accept"))
+    body, content_type = _proxy_app(request)[METRICS].render(request.headers.get("Accept"))
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -30,6 +30,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
@@ -84,6 +85,26 @@ def notify(state: str, environ: Mapping[str, str]) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class OpsListener:
+    """The second listener, for probes and scrapers (see `proxy.app.create_ops_app`)."""
+
+    app: web.Application
+    host: str
+    port: int
+
+    async def start(self) -> web.AppRunner:
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=_CUT_OFF_SECONDS)
+        await runner.setup()
+        # reuse_port: the process that replaces this one in a rolling restart binds it too.
+        await web.TCPSite(runner, self.host, self.port, reuse_address=True,
+                          reuse_port=True).start()
+        addresses = [_address(name) for name in runner.addresses]
+        log.info("probes and metrics on %s", ", ".join(addresses),
+                 extra={"event": "ops_listening", "addresses": addresses})
+        return runner
+
+
 async def serve(
     app: web.Application,
     *,
@@ -92,13 +113,19 @@ async def serve(
     grace: float,
     sockets: Sequence[socket.socket] = (),
     environ: Mapping[str, str] | None = None,
+    ops: OpsListener | None = None,
 ) -> None:
-    """Run `app` until SIGTERM or SIGINT, then stop as described above."""
+    """Run `app` until SIGTERM or SIGINT, then stop as described above.
+
+    `ops`, when given, is served on its own address from start to finish: it keeps answering
+    probes (readiness says "draining") while the proxy drains.
+    """
     env = os.environ if environ is None else environ
     runner = web.AppRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=_CUT_OFF_SECONDS
     )
     await runner.setup()
+    ops_runner = None if ops is None else await ops.start()
     signals = _Signals()
     sites: list[web.BaseSite] = (
         [web.SockSite(runner, sock) for sock in sockets]
@@ -141,6 +168,8 @@ async def serve(
             )
     finally:
         await runner.cleanup()
+        if ops_runner is not None:
+            await ops_runner.cleanup()
         signals.close()
     log.info("stopped", extra={"event": "stopped"})
 

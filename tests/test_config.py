@@ -289,6 +289,12 @@ def conn(settings: Settings) -> Any:
             id="cache-all",
         ),
         pytest.param(
+            {"server.ops_port": 9090, "server.ops_host": "0.0.0.0"},
+            lambda s: (s.server.ops_host, s.server.ops_port),
+            ("0.0.0.0", 9090),
+            id="ops-listener",
+        ),
+        pytest.param(
             {"server.shutdown_grace_seconds": 0},
             lambda s: s.server.shutdown_grace_seconds,
             0.0,
@@ -745,6 +751,16 @@ RULES = [
         {f"{C}.refresh_token_lifetime_days": "30"},
         [f"{C}.refresh_token_lifetime_days: expected a number, got a string"],
         "refresh-token-lifetime-string",
+    ),
+    (
+        {"server.ops_port": 8080},
+        ["server.ops_port: must differ from server.port"],
+        "ops-port-same-as-port",
+    ),
+    (
+        {"server.ops_port": 70000},
+        ["server.ops_port: must be between 0 and 65535"],
+        "ops-port-range",
     ),
     (
         {"server.shutdown_grace_seconds": -1},

@@ -12,6 +12,7 @@ import re
 import shlex
 import tomllib
 from collections.abc import Iterator, Mapping
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from proxy.app import create_app
+from proxy.app import create_app, create_ops_app
 from proxy.config import ConfigError, Settings, parse
 
 ROOT = Path(__file__).parents[1]
@@ -32,6 +33,12 @@ IMAGE_UID = 10001  # the Dockerfile's nmbrs-proxy user
 def app_routes() -> set[str]:
     app = create_app(Settings())
     return {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+
+
+def ops_routes() -> set[str]:
+    """What the ops listener serves (server.ops_port): probes and metrics only."""
+    ops = create_ops_app(create_app(Settings()))
+    return {r.resource.canonical for r in ops.router.routes() if r.resource is not None}
 
 
 def env_references(data: Any) -> set[str]:
@@ -130,9 +137,10 @@ def test_k8s_the_sidecar_runs_the_image_with_its_config(
     assert sidecar["restartPolicy"] == "Always"  # a native sidecar: outlives the app
     assert sidecar["securityContext"]["runAsUser"] == IMAGE_UID
     assert sidecar["securityContext"]["readOnlyRootFilesystem"] is True
-    (port,) = sidecar["ports"]
-    assert port["containerPort"] == settings.server.port
-    assert settings.server.host == "0.0.0.0"  # the kubelet probes the pod's address  # noqa: S104
+    (port,) = sidecar["ports"]  # only the ops listener is on the pod's address
+    assert port["containerPort"] == settings.server.ops_port
+    assert settings.server.host == "127.0.0.1"  # the proxy itself: the pod's loopback
+    assert settings.server.ops_host == "0.0.0.0"
     secrets = {name for name, item in container_env(sidecar).items() if "valueFrom" in item}
     assert secrets >= {"NMBRS_CLIENT_SECRET", "NMBRS_SUBSCRIPTION_KEY", "REDIS_URL"}
     for name in secrets:
@@ -143,7 +151,7 @@ def test_k8s_probes_hit_routes_the_proxy_serves(
     pod: dict[str, Any], sidecar: dict[str, Any]
 ) -> None:
     settings, _ = k8s_settings(pod, sidecar)
-    routes = app_routes()
+    routes = ops_routes()
     ports = {p["name"]: p["containerPort"] for p in sidecar["ports"]}
     expected = {
         "startupProbe": "/_proxy/healthz",
@@ -154,7 +162,7 @@ def test_k8s_probes_hit_routes_the_proxy_serves(
         get = sidecar[probe]["httpGet"]
         assert get["path"] == path
         assert get["path"] in routes
-        assert ports.get(get["port"], get["port"]) == settings.server.port
+        assert ports.get(get["port"], get["port"]) == settings.server.ops_port
 
 
 def test_k8s_shutdown_fits_in_the_grace_period(
@@ -174,8 +182,8 @@ def test_k8s_the_app_calls_the_sidecar_and_prometheus_scrapes_it(
     (deployment,) = kind(k8s("nmbrs-proxy.yaml"), "Deployment")
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/_proxy/metrics"
-    assert "/_proxy/metrics" in app_routes()
-    assert int(annotations["prometheus.io/port"]) == settings.server.port
+    assert "/_proxy/metrics" in ops_routes()
+    assert int(annotations["prometheus.io/port"]) == settings.server.ops_port
     assert deployment["spec"]["replicas"] > 1  # several replicas, one grant in Redis
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
@@ -189,7 +197,7 @@ def test_k8s_only_monitoring_reaches_the_proxy_port(
     assert policy["spec"]["podSelector"]["matchLabels"] == \
         deployment["spec"]["template"]["metadata"]["labels"]
     (rule,) = policy["spec"]["ingress"]
-    assert [p["port"] for p in rule["ports"]] == [settings.server.port]
+    assert [p["port"] for p in rule["ports"]] == [settings.server.ops_port]
     (source,) = rule["from"]
     assert set(source) == {"namespaceSelector"}
 
@@ -261,6 +269,19 @@ def test_compose_healthcheck_and_stop_grace(compose: dict[str, Any]) -> None:
     assert match.group(2) in app_routes()
     grace = int(proxy["stop_grace_period"].removesuffix("s"))
     assert grace > settings.server.shutdown_grace_seconds
+
+
+def test_compose_guards_the_port_as_the_security_rules_ask(compose: dict[str, Any]) -> None:
+    settings = compose_settings(compose)
+    proxy = compose["services"]["nmbrs-proxy"]
+    assert settings.server.allow_anonymous  # 0.0.0.0 in the container, published on loopback
+    assert all(p.startswith("127.0.0.1:") for p in proxy["ports"])
+    # the other services share the proxy's network namespace; none sits on the network
+    others = [name for name in compose["services"] if name != "nmbrs-proxy"]
+    assert all(compose["services"][name]["network_mode"] == "service:nmbrs-proxy"
+               for name in others)
+    bridge = ip_network("172.16.0.0/12")  # where published requests come from
+    assert bridge in settings.admin.cidrs
 
 
 def test_compose_the_app_shares_the_proxys_loopback(compose: dict[str, Any]) -> None:

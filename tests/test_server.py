@@ -96,7 +96,9 @@ async def slow_upstream() -> AsyncIterator[SlowUpstream]:
     await server.close()
 
 
-async def write_config(tmp_path: Path, upstream: str, *, port: int, grace: float) -> Path:
+async def write_config(
+    tmp_path: Path, upstream: str, *, port: int, grace: float, ops_port: int | None = None
+) -> Path:
     store = tmp_path / "state" / "tokens.json"
     await FileStore(store).save("nmbrs", token_set())  # linked: an hour-long token
     config = tmp_path / "config.toml"
@@ -105,6 +107,7 @@ async def write_config(tmp_path: Path, upstream: str, *, port: int, grace: float
 host = "127.0.0.1"
 port = {port}
 shutdown_grace_seconds = {grace}
+{"" if ops_port is None else f"ops_port = {ops_port}"}
 [store]
 path = "{store}"
 [session]
@@ -282,14 +285,24 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
 async def test_sigterm_lets_requests_in_flight_finish_then_exits(
     slow_upstream: SlowUpstream, tmp_path: Path, processes: list[ProxyProcess]
 ) -> None:
-    port = free_port()
-    config = await write_config(tmp_path, slow_upstream.url, port=port, grace=10)
+    port, ops_port = free_port(), free_port()
+    config = await write_config(tmp_path, slow_upstream.url, port=port, grace=10,
+                                ops_port=ops_port)
     proxy = await start_proxy(config)
     processes.append(proxy)
     await proxy.wait_listening()
     url = f"http://127.0.0.1:{port}"
+    ops = f"http://127.0.0.1:{ops_port}"
 
     async with aiohttp.ClientSession() as client:
+        # the ops listener: probes and metrics, and nothing it could forward
+        async with client.get(f"{ops}/_proxy/readyz") as ready:
+            assert ready.status == 200
+        async with client.get(f"{ops}/_proxy/metrics") as scraped:
+            assert "nmbrs_proxy_connection_ready" in await scraped.text()
+        async with client.get(f"{ops}/api/slow?ms=0") as refused:
+            assert refused.status == 404
+        assert slow_upstream.answered == 0
 
         async def slow(number: int) -> tuple[int, str]:
             async with client.get(f"{url}/api/slow?ms=700",
@@ -304,12 +317,16 @@ async def test_sigterm_lets_requests_in_flight_finish_then_exits(
         # no new connections once it is stopping
         with pytest.raises(aiohttp.ClientConnectorError):
             await client.get(f"{url}/_proxy/healthz")
+        async with client.get(f"{ops}/_proxy/readyz") as draining:  # probes still answered
+            assert draining.status == 503
+            assert (await draining.json())["draining"] is True
         answers = await asyncio.gather(*requests)
 
     assert await proxy.wait() == 0
     assert answers == [(200, "close")] * 8  # finished, each telling the client to go elsewhere
     assert proxy.event("stopping")["in_flight"] == 8
     assert proxy.events()[-3:] == ["stopping", "drained", "stopped"]
+    assert proxy.event("ops_listening")["addresses"] == [ops]
     assert {line["request_id"] for line in proxy.access_after("stopping")} == {
         f"slow-{n}" for n in range(8)
     }
