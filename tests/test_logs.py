@@ -177,3 +177,23 @@ def test_filters_see_every_record_before_it_is_written() -> None:
     assert "s3cret" not in stream.getvalue()
     assert "token [redacted]" in stream.getvalue()
     assert "drop me" not in stream.getvalue()
+
+
+def test_a_filter_put_on_the_root_handler_runs_in_the_writer_thread() -> None:
+    """As `proxy.redact.install` does: the filter lands on the output, off the event loop."""
+    threads: list[str] = []
+
+    class Where(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            threads.append(threading.current_thread().name)
+            return True
+
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream)
+    try:
+        setup.handler.addFilter(Where())
+        logging.getLogger("proxy.test.where").info("where am I")
+    finally:
+        setup.close()
+    assert threads == ["log-writer"]
+    assert "where am I" in stream.getvalue()
