@@ -184,7 +184,7 @@ def test_a_filter_put_on_the_root_handler_runs_in_the_writer_thread() -> None:
     threads: list[str] = []
 
     class Where(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
+        def filter(self, record: logging.LogRecord) -> bool:  # noqa: ARG002 - logging.Filter
             threads.append(threading.current_thread().name)
             return True
 
