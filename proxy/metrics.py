@@ -232,8 +232,8 @@ class _StateCollector:
             ),
             GaugeMetricFamily(
                 f"{PREFIX}_connection_state",
-                "1 for the connection's current state: linked, failing, needs_consent or "
-                "not_linked.",
+                "1 for the connection's current state: linked, failing, needs_consent, "
+                "not_linked or credentials_refused (machine credentials).",
                 labels=["connection", "state"],
             ),
             GaugeMetricFamily(
@@ -254,8 +254,8 @@ class _StateCollector:
             GaugeMetricFamily(
                 f"{PREFIX}_connection_warning",
                 "1 while a warning holds: refresh_token_expiring (within 7 days of its "
-                "lifetime), refresh_failing, consent_required, no_refresh_token, "
-                "no_subscription_key.",
+                "lifetime), refresh_failing, consent_required, credentials_refused, "
+                "no_refresh_token, no_subscription_key.",
                 labels=["connection", "warning"],
             ),
         ]
