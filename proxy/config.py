@@ -11,6 +11,7 @@ as an unknown key. Which keys a connection takes depends on its provider: see `_
 
 from __future__ import annotations
 
+import base64
 import difflib
 import enum
 import ipaddress
@@ -60,8 +61,15 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    backend: str = "file"
+    backend: str = "file"  # "file" | "redis"
     path: Path = Path("state/tokens.json")
+    url: str | None = None  # redis:// or rediss://, no password in it
+    password: Secret | None = None
+    key_prefix: str = "nmbrs-proxy:"
+    # A Fernet key: token sets are encrypted at rest (both backends) when it is set.
+    encryption_key: Secret | None = None
+    lease_seconds: float = 10.0
+    timeout_seconds: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -223,6 +231,18 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str]
     )
     settings = _with_access(root, settings, _connection_names(data))
     root.finish()
+    if (
+        settings.store.backend == "redis"
+        and settings.session.secret is None
+        and session is not None
+        and session.is_valid("secret")
+    ):
+        # Replicas share one Redis; a login started on one may come back to another.
+        session.problem(
+            'required when store.backend = "redis": every replica must read the consent '
+            "cookie the others set",
+            "secret",
+        )
     if context.problems:
         raise ConfigError(context.problems)
     return settings
@@ -379,6 +399,9 @@ class _Reader:
 
     def is_valid(self, name: str) -> bool:
         return name not in self._invalid
+
+    def has(self, name: str) -> bool:
+        return name in self._data
 
     def finish(self, elsewhere: Mapping[str, str] = {}) -> None:
         """Report every key that nobody asked for; `elsewhere` explains some of them."""
@@ -746,15 +769,81 @@ def _server(table: _Reader) -> ServerSettings:
     return settings
 
 
-_STORE_BACKENDS: Final = ("file",)
+_STORE_BACKENDS: Final = ("file", "redis")
+# Keys that only one backend reads: giving one to the other backend is a mistake worth a word.
+_STORE_KEYS_OF: Final[Mapping[str, tuple[str, ...]]] = {
+    "file": ("path",),
+    "redis": ("url", "password", "key_prefix", "lease_seconds", "timeout_seconds"),
+}
+_REDIS_SCHEMES: Final = ("redis", "rediss")
+_FERNET_KEY_HINT: Final = (
+    "must be a Fernet key: 32 random bytes, URL-safe base64 (44 characters); make one with "
+    "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+)
+
+
+def _redis_url(value: Any, context: _Context) -> str:
+    """redis://[user@]host[:port][/db] or rediss://…; the password goes in `password`."""
+    text = _text(value, context)
+    if any(char.isspace() for char in text):
+        raise _Invalid("must not contain whitespace")
+    try:
+        parts = urlsplit(text)
+        _ = parts.port  # raises ValueError on a port that is not a number in range
+    except ValueError as err:
+        raise _Invalid("is not a valid URL") from err
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise _Invalid("must be a redis:// or rediss:// URL")
+    if not parts.hostname:
+        raise _Invalid("must include a host")
+    if parts.password is not None:
+        raise _Invalid('must not include a password: set store.password (e.g. "env:NAME")')
+    if parts.query or parts.fragment or "?" in text or "#" in text:
+        raise _Invalid("must not include a query or fragment")
+    database = parts.path.removeprefix("/")
+    if database and not database.isdigit():
+        raise _Invalid("the path must be a database number, such as /0")
+    return text
+
+
+def _fernet_key(value: Any, context: _Context) -> Secret:
+    text = _text(value, context)
+    try:
+        raw = base64.urlsafe_b64decode(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raw = b""
+    if len(text) != 44 or len(raw) != 32:
+        raise _Invalid(_FERNET_KEY_HINT)
+    return Secret(text)
+
+
+def _lease_seconds(value: Any, context: _Context) -> float:
+    seconds = _seconds(allow_zero=False)(value, context)
+    if seconds < 1:
+        raise _Invalid("must be at least 1")
+    return seconds
 
 
 def _store(table: _Reader) -> StoreSettings:
     settings = StoreSettings(
         backend=table.get("backend", _one_of(*_STORE_BACKENDS), "file"),
         path=table.get("path", _store_path, "state/tokens.json"),
+        url=table.optional("url", _redis_url),
+        password=table.optional("password", _secret),
+        key_prefix=table.get("key_prefix", _word, "nmbrs-proxy:"),
+        encryption_key=table.optional("encryption_key", _fernet_key),
+        lease_seconds=table.get("lease_seconds", _lease_seconds, 10),
+        timeout_seconds=table.get("timeout_seconds", _seconds(allow_zero=False), 2),
     )
     table.finish()
+    if not table.is_valid("backend"):
+        return settings
+    for backend, keys in _STORE_KEYS_OF.items():
+        for key in keys:
+            if backend != settings.backend and table.has(key):
+                table.problem(f'only used when store.backend = "{backend}"', key)
+    if settings.backend == "redis" and settings.url is None and table.is_valid("url"):
+        table.problem('required when store.backend = "redis"', "url")
     return settings
 
 
