@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 # Programs the test suite starts for real (none are faked): installed from Debian's packages.
-SYSTEM_PROGRAMS := chromium:chromium
+SYSTEM_PROGRAMS := chromium:chromium redis-server:redis-server
 system-deps:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; done; \
 	if [ -n "$$missing" ]; then \

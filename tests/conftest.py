@@ -32,6 +32,7 @@ from proxy.secret import Secret
 from proxy.tokens.model import TokenSet
 from proxy.tokens.store import FileStore
 from tests.leaks import LogCapture, find_leaks
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -310,3 +311,15 @@ async def nmbrs() -> AsyncIterator[RunningSandbox]:
     running, server = await start_running_sandbox()
     yield running
     await server.close()
+
+
+# --- a real Redis -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh redis-server on a free loopback port, persisting to tmp_path/redis."""
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    yield server
+    server.kill()

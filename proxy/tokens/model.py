@@ -35,6 +35,9 @@ class TokenSet:
     # Bumped on every save, so a store can refuse to overwrite a newer set.
     version: int = 0
     subscription_key: str | None = field(default=None, repr=False)
+    # The identity service refused this set's refresh token (the OAuth error code, such as
+    # "invalid_grant"): consent is needed, and no replica presents the token again.
+    refused: str | None = None
 
     @property
     def lifetime(self) -> float:
@@ -54,6 +57,10 @@ class TokenSet:
     def with_subscription_key(self, key: str | None) -> TokenSet:
         return replace(self, subscription_key=key)
 
+    def with_refusal(self, error: str) -> TokenSet:
+        """This set, marked as refused by the identity service, as the next version."""
+        return replace(self, refused=error, version=self.version + 1)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "access_token": self.access_token,
@@ -64,6 +71,7 @@ class TokenSet:
             "scopes": list(self.scopes),
             "version": self.version,
             "subscription_key": self.subscription_key,
+            **({} if self.refused is None else {"refused": self.refused}),
         }
 
     @classmethod
@@ -71,6 +79,7 @@ class TokenSet:
         refresh_token = data.get("refresh_token")
         refresh_issued_at = data.get("refresh_issued_at")
         subscription_key = data.get("subscription_key")
+        refused = data.get("refused")
         return cls(
             access_token=str(data["access_token"]),
             expires_at=float(data["expires_at"]),
@@ -80,6 +89,7 @@ class TokenSet:
             scopes=tuple(str(s) for s in data.get("scopes", ())),
             version=int(data.get("version", 0)),
             subscription_key=None if subscription_key is None else str(subscription_key),
+            refused=None if refused is None else str(refused),
         )
 
 

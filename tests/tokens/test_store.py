@@ -38,10 +38,16 @@ async def test_save_load_delete(tmp_path: Path) -> None:
 
 async def test_the_file_and_its_directory_are_private(tmp_path: Path) -> None:
     path = tmp_path / "state" / "tokens.json"
-    await FileStore(path).save("nmbrs", _tokens(1))
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    store = FileStore(path)
+    await store.save("nmbrs", _tokens(1))
+    lease = await store.acquire("nmbrs")
+    assert lease is not None
+    await lease.release()
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    assert [p.name for p in path.parent.iterdir()] == ["tokens.json"]  # no temp file left
+    names = sorted(p.name for p in path.parent.iterdir())  # no temp file left
+    assert names == [".tokens.json.lock", ".tokens.json.nmbrs.lease", "tokens.json"]
+    for name in names:
+        assert stat.S_IMODE((path.parent / name).stat().st_mode) == 0o600
 
 
 async def test_a_store_that_is_not_a_token_file_is_an_error_not_an_empty_store(
