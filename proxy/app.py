@@ -39,7 +39,8 @@ from proxy.observe import (
     response_hook,
 )
 from proxy.state import PROXY_STATE, ProxyState
-from proxy.tokens.store import FileStore, TokenStore
+from proxy.tokens.backends import open_store
+from proxy.tokens.store import TokenStore
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ def create_app(
     )
     setup_access(app, settings)
     setup_audit(app, settings.audit)
-    app[STORE] = store if store is not None else FileStore(settings.store.path)
+    owns_store = store is None
+    app[STORE] = store if store is not None else open_store(settings.store)
     app[TRAFFIC] = traffic
     app[METRICS] = registry
     app.on_response_prepare.append(response_hook(traffic))
@@ -125,27 +127,38 @@ def create_app(
             )
             for c in settings.connections
         }
+        store = app[STORE]
         for connection in connections.values():
-            await connection.manager.load()
+            # Subscribed before loading, so that no set saved in between goes unnoticed.
+            store.subscribe(connection.name, connection.manager.notice_change)
+        try:
+            for connection in connections.values():
+                await connection.manager.load()
+        except BaseException:
+            await _close(session, store if owns_store else None)
+            raise
         app[PROXY_STATE] = ProxyState(
             settings=settings,
-            store=app[STORE],
+            store=store,
             session=session,
             connections=connections,
             clock=clock,
         )
         registry.watch(lambda: [c.report(clock()) for c in connections.values()])
-        refreshers = [
+        tasks = [
             asyncio.create_task(c.manager.run_refresher(), name=f"refresher:{c.name}")
             for c in connections.values()
         ]
+        tasks.append(asyncio.create_task(store.watch(), name="store-watcher"))
         yield
-        for task in refreshers:
+        for task in tasks:
             task.cancel()
-        for task in refreshers:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await session.close()
+        for connection in connections.values():
+            await connection.manager.close()
+        await _close(session, store if owns_store else None)
 
     app.cleanup_ctx.append(proxy_state)
     app.router.add_get("/_proxy/healthz", healthz)
@@ -170,3 +183,9 @@ def create_ops_app(proxy: web.Application) -> web.Application:
     ops.router.add_get("/_proxy/readyz", readyz)
     ops.router.add_get("/_proxy/metrics", metrics)
     return ops
+
+
+async def _close(session: aiohttp.ClientSession, store: TokenStore | None) -> None:
+    await session.close()
+    if store is not None:
+        await store.close()

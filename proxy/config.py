@@ -400,9 +400,6 @@ class _Reader:
     def is_valid(self, name: str) -> bool:
         return name not in self._invalid
 
-    def has(self, name: str) -> bool:
-        return name in self._data
-
     def finish(self, elsewhere: Mapping[str, str] = {}) -> None:
         """Report every key that nobody asked for; `elsewhere` explains some of them."""
         for name in self._data:

@@ -36,7 +36,8 @@ PREFIX: Final = "nmbrs_proxy"
 # Methods with a label of their own; anything else is counted as "other" (bounded cardinality).
 METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REFRESH_OUTCOMES: Final = ("success", "error", "consent_required")
-STORE_OPERATIONS: Final = ("load", "save", "delete")
+# "refresh": taking the lease or reloading the set during a refresh.
+STORE_OPERATIONS: Final = ("load", "save", "delete", "refresh")
 # The upstream answers in milliseconds to a minute; the proxy should add well under one.
 UPSTREAM_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 ADDED_BUCKETS: Final = (

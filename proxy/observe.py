@@ -9,6 +9,11 @@ out), from which the proxy-added latency follows.
 
 The request id goes upstream (see `forward`) and back to the client on every response, set in
 `on_response_prepare` so that streamed responses carry it too.
+
+Readiness also reports the token store, but does not depend on it: while Redis restarts,
+every replica keeps serving with the token it holds, and taking them all out of rotation at
+once would turn a store hiccup into an outage. A connection whose token ran out while the
+store was away is not ready, and says why in `last_error`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,11 @@ from proxy.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
 from proxy.metrics import Metrics
 from proxy.routing import split_target
 from proxy.state import PROXY_STATE
+from proxy.tokens.backends import describe_store
+from proxy.tokens.store import StoreError
 
+# Probes give up after a second or so: the store's answer must not make readiness time out.
+STORE_CHECK_SECONDS: Final = 0.5
 CLIENT_CLOSED_REQUEST: Final = 499  # nginx's code for "the client went away first"
 # Probes and scrapes come every few seconds: their access lines are debug, not info.
 QUIET_PATHS: Final = frozenset({"/_proxy/healthz", "/_proxy/readyz", "/_proxy/metrics"})
@@ -205,8 +214,16 @@ async def readyz(request: web.Request) -> web.Response:
             "warnings": sorted(concern.value for concern in report.assessment.concerns),
         }
     ready = not draining and all(c["ready"] for c in connections.values())
+    store: dict[str, object] = {"where": describe_store(state.settings.store), "ok": True}
+    try:
+        async with asyncio.timeout(STORE_CHECK_SECONDS):
+            await state.store.check()
+    except StoreError as exc:
+        store.update(ok=False, error=str(exc))
+    except TimeoutError:
+        store.update(ok=False, error=f"no answer within {STORE_CHECK_SECONDS} s")
     return web.json_response(
-        {"ready": ready, "draining": draining, "connections": connections},
+        {"ready": ready, "draining": draining, "connections": connections, "store": store},
         status=200 if ready else 503,
     )
 

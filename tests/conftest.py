@@ -65,6 +65,14 @@ async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, "timed out waiting for a condition"
         await asyncio.sleep(0.01)
+
+
+async def until_async(predicate: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    """`until` for a condition that takes I/O to check (a store, a proxy's answer)."""
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        await asyncio.sleep(0.02)
 GZIPPED = gzip.compress(b'{"compressed": true}' * 50)
 
 

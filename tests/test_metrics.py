@@ -196,12 +196,16 @@ async def test_store_errors_are_counted_and_the_save_is_retried(
 ) -> None:
     state = tmp_path / "state"
     proxy = await make_proxy(nmbrs.connection(), tokens={"nmbrs": nmbrs.tokens()})
+    nmbrs.sandbox.revoke_access_tokens()
+    nmbrs.sandbox.token_gate.clear()  # the forced refresh waits at the identity service...
+    request = asyncio.create_task(proxy.get("/api/companies"))
+    await until(lambda: nmbrs.sandbox.stats.token_in_flight == 1)
     moved = tmp_path / "state.moved"
     state.rename(moved)
-    state.write_text("not a directory")  # every read and write of the token file now fails
-    nmbrs.sandbox.revoke_access_tokens()
+    state.write_text("not a directory")  # ...while every read and write of the store fails
+    nmbrs.sandbox.token_gate.set()
 
-    assert (await proxy.get("/api/companies")).status == 200  # served from memory
+    assert (await request).status == 200  # the renewed set serves from memory
     found = await scrape(proxy)
     assert found.get(f"{P}_store_errors_total", connection="nmbrs", operation="save") == 1
     assert found.get(f"{P}_token_refreshes_total", connection="nmbrs", outcome="success") == 1

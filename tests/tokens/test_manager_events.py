@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +112,7 @@ async def test_a_failed_save_is_reported(
     await store.save("nmbrs", nmbrs.tokens())
     manager = manager_for(nmbrs, session, store, heard, clock)
     await manager.load()
-    (folder / "tokens.json").unlink()
-    folder.rmdir()
+    shutil.rmtree(folder)  # the token file and its lock file
     folder.write_text("in the way")
     with pytest.raises(StoreError):
         await manager.adopt(nmbrs.tokens())

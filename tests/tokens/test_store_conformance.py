@@ -10,16 +10,12 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from redis.asyncio import Redis
 
 from proxy.secret import Secret
 from proxy.tokens.model import TokenSet
@@ -34,12 +30,11 @@ from proxy.tokens.store import (
     owner_pid,
 )
 from tests.redis_server import RedisServer
+from tests.tokens.conftest import LEASE_SECONDS, Backend, watching
 
 ROOT = Path(__file__).parents[2]
 KEY = Secret(Fernet.generate_key().decode())
 OTHER_KEY = Secret(Fernet.generate_key().decode())
-# How long a test lease lasts; the file store's leases last as long as their holder lives.
-LEASE_SECONDS = 0.4
 
 
 def tokens(n: int, **overrides: object) -> TokenSet:
@@ -50,71 +45,6 @@ def tokens(n: int, **overrides: object) -> TokenSet:
     }
     fields.update(overrides)
     return TokenSet(**fields)  # type: ignore[arg-type]
-
-
-@dataclass
-class Backend:
-    name: str
-    make: Callable[..., TokenStore]  # make(sealer=None): one more replica on the same data
-    raw: Callable[[str], Awaitable[bytes]]  # what lies at rest for a connection
-    corrupt: Callable[[str], Awaitable[None]]  # put something that is no token set there
-    spec: list[str]  # how a subprocess opens the same store (see _HOLDER)
-    redis: RedisServer | None = None
-    watchers: list[asyncio.Task[None]] = field(default_factory=list)
-
-
-@pytest.fixture(params=["file", "redis"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    stores: list[TokenStore] = []
-    if request.param == "file":
-        path = tmp_path / "state" / "tokens.json"
-
-        def make_file(sealer: Sealer | None = None) -> TokenStore:
-            store = FileStore(path, sealer=sealer)
-            stores.append(store)
-            return store
-
-        async def raw_file(_connection: str) -> bytes:
-            return path.read_bytes()
-
-        async def corrupt_file(_connection: str) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("{not json")
-
-        found = Backend("file", make_file, raw_file, corrupt_file, ["file", str(path)])
-    else:
-        server: RedisServer = request.getfixturevalue("redis_server")
-        client = Redis.from_url(server.url)
-
-        def make_redis(sealer: Sealer | None = None) -> TokenStore:
-            store = RedisStore.from_url(server.url, sealer=sealer, lease_seconds=LEASE_SECONDS,
-                                        timeout_seconds=1.0)
-            stores.append(store)
-            return store
-
-        async def raw_redis(connection: str) -> bytes:
-            data: bytes = await client.hget(f"nmbrs-proxy:tokens:{connection}", "data")
-            return data
-
-        async def corrupt_redis(connection: str) -> None:
-            await client.hset(f"nmbrs-proxy:tokens:{connection}",
-                              mapping={"version": "1", "data": "{not json"})
-
-        found = Backend("redis", make_redis, raw_redis, corrupt_redis,
-                        ["redis", server.url, str(LEASE_SECONDS)], redis=server)
-    yield found
-    for task in found.watchers:
-        task.cancel()
-    await asyncio.gather(*found.watchers, return_exceptions=True)
-    for store in stores:
-        await store.close()
-    if request.param == "redis":
-        await client.aclose()
-
-
-def watching(backend: Backend, store: TokenStore) -> TokenStore:
-    backend.watchers.append(asyncio.create_task(store.watch()))
-    return store
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -261,15 +191,16 @@ asyncio.run(main())
 
 async def test_a_holder_killed_with_sigkill_frees_the_lease(backend: Backend) -> None:
     store = backend.make()
-    with subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, *backend.spec], stdout=subprocess.PIPE, cwd=ROOT
-    ) as holder:
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLDER, *backend.spec, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
+    try:
         assert holder.stdout is not None
-        line = await asyncio.to_thread(holder.stdout.readline)
-        assert line.strip() == b"held"
+        assert (await holder.stdout.readline()).strip() == b"held"
         assert await store.acquire("nmbrs") is None
+    finally:
         holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=10)
+        await holder.wait()
     deadline = time.monotonic() + LEASE_SECONDS + 5
     lease = await store.acquire("nmbrs")
     while lease is None:  # at once for an flock; once the lease lapses for Redis
@@ -356,14 +287,11 @@ async def test_an_unreachable_store_is_an_error_and_a_restart_recovers(
 
 async def test_store_errors_are_os_errors_and_name_no_secret(backend: Backend) -> None:
     await backend.make(Sealer(KEY)).save("nmbrs", tokens(1))
-    try:
+    with pytest.raises(StoreError) as caught:
         await backend.make(Sealer(OTHER_KEY)).load("nmbrs")
-    except StoreError as error:
-        assert isinstance(error, OSError)
-        assert KEY.reveal() not in str(error)
-        assert OTHER_KEY.reveal() not in str(error)
-    else:
-        pytest.fail("a wrong key was not noticed")
+    assert isinstance(caught.value, OSError)
+    assert KEY.reveal() not in str(caught.value)
+    assert OTHER_KEY.reveal() not in str(caught.value)
 
 
 def test_the_entry_format_is_the_same_for_every_backend() -> None:
