@@ -23,9 +23,10 @@ from proxy.logs import FORMATS, LEVELS, setup_logging
 from proxy.oauth.protocol import GrantError
 from proxy.policy import bind_problem, exposure_warning, hash_key, new_key
 from proxy.secret import revealed_in
+from proxy.tokens.backends import open_store
 from proxy.tokens.health import DAY, warning_window
 from proxy.tokens.model import token_state
-from proxy.tokens.store import FileStore, StoreError
+from proxy.tokens.store import StoreError, TokenStore
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -85,20 +86,22 @@ async def revoke_connection(settings: Settings, name: str, *, out: TextIO) -> in
         names = ", ".join(c.name for c in settings.connections) or "none"
         print(f"error: no connection is named {name!r} (configured: {names})", file=out)
         return EXIT_FAILED
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        connection = build_connection(
-            chosen, session=session, store=FileStore(settings.store.path), clock=time.time
-        )
-        try:
-            revoked = await connection.manager.revoke()
-        except GrantError as exc:
-            said = f"{exc.error} ({exc.description})" if exc.description else exc.error
-            print(f"error: {chosen.provider} did not confirm revoking the token of connection "
-                  f"{name!r}: {said}; the stored token is kept", file=out)
-            return EXIT_FAILED
-        except StoreError as exc:
-            print(f"error: connection {name!r}: {exc}", file=out)
-            return EXIT_FAILED
+    store = open_store(settings.store)
+    try:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            connection = build_connection(chosen, session=session, store=store, clock=time.time)
+            try:
+                revoked = await connection.manager.revoke()
+            except GrantError as exc:
+                said = f"{exc.error} ({exc.description})" if exc.description else exc.error
+                print(f"error: {chosen.provider} did not confirm revoking the token of "
+                      f"connection {name!r}: {said}; the stored token is kept", file=out)
+                return EXIT_FAILED
+            except StoreError as exc:
+                print(f"error: connection {name!r}: {exc}", file=out)
+                return EXIT_FAILED
+    finally:
+        await store.close()
     if not revoked:
         print(f"connection {name!r} holds no token: nothing to revoke", file=out)
         return 0
@@ -140,6 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.set_defaults(run=_with_settings(_serve))
     serve.add_argument("--host", help="override [server] host")
     serve.add_argument("--port", type=int, help="override [server] port")
+    serve.add_argument("--workers", type=_positive, default=1,
+                       help="worker processes sharing the port (SO_REUSEPORT); default 1")
     check = with_config("check-config", "validate the configuration and exit")
     check.set_defaults(run=_with_settings(_check_config))
     status = with_config("status", "show each connection's token state (no secrets)")
@@ -205,9 +210,19 @@ def _hash_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from proxy.app import create_app, create_ops_app  # noqa: PLC0415 - keeps status light
-    from proxy.server import OpsListener, inherited_sockets, serve  # noqa: PLC0415 - as above
+    from proxy.server import inherited_sockets  # noqa: PLC0415 - keeps status light
+    from proxy.workers import run_workers, serve  # noqa: PLC0415 - as above
 
     host = args.host or settings.server.host
     policy = settings.access_policy()
@@ -220,29 +235,29 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("proxy").warning("%s", warning)
     # Sockets passed by a service manager (systemd socket activation) win over host and port.
     sockets = inherited_sockets(os.environ, os.getpid())
-    app = create_app(settings)
-    server = settings.server
-    ops = (
-        None if server.ops_port is None
-        else OpsListener(create_ops_app(app), server.ops_host, server.ops_port)
-    )
-    try:
-        asyncio.run(serve(
-            app,
-            host=host,
-            port=server.port if args.port is None else args.port,
-            grace=server.shutdown_grace_seconds,
-            sockets=sockets,
-            ops=ops,
-        ))
-    except OSError as exc:
-        logging.getLogger("proxy").error("cannot serve: %s", exc)  # noqa: TRY400 - no traceback
+    port = settings.server.port if args.port is None else args.port
+    if args.workers == 1:
+        return serve(settings, host, port, sockets=sockets)
+    if sockets:
+        print("nmbrs-proxy: --workers cannot share sockets passed by a service manager; "
+              "start one process per socket instead", file=sys.stderr)
         return EXIT_FAILED
-    return 0
+    if port == 0:
+        print("nmbrs-proxy: --workers needs a fixed port, not 0", file=sys.stderr)
+        return EXIT_FAILED
+    return run_workers(settings, host, port, count=args.workers, log_level=args.log_level,
+                       log_format=args.log_format)
 
 
 async def _status(settings: Settings, out: TextIO) -> int:
-    store = FileStore(settings.store.path)
+    store = open_store(settings.store)
+    try:
+        return await _print_status(settings, store, out)
+    finally:
+        await store.close()
+
+
+async def _print_status(settings: Settings, store: TokenStore, out: TextIO) -> int:
     now = time.time()
     for connection in settings.connections:
         try:
@@ -257,6 +272,10 @@ async def _status(settings: Settings, out: TextIO) -> int:
         if tokens is None:
             print(f"{connection.name}: not linked (run `nmbrs-proxy login --connection "
                   f"{connection.name}` or visit /_proxy/)", file=out)
+            continue
+        if tokens.refused is not None:
+            print(f"{connection.name}: linked, but the identity service refused its refresh "
+                  f"token ({tokens.refused}): consent is needed (visit /_proxy/)", file=out)
             continue
         state = token_state(tokens, now, connection.refresh_margin_seconds)
         expiry = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(tokens.expires_at))

@@ -32,8 +32,9 @@ from proxy.oauth.protocol import (
     new_state,
     pkce_challenge,
 )
+from proxy.tokens.backends import open_store
 from proxy.tokens.grants import AuthorizationCodeGrant
-from proxy.tokens.store import FileStore, StoreError
+from proxy.tokens.store import StoreError, TokenStore
 
 Clock = Callable[[], float]
 
@@ -73,15 +74,27 @@ async def run_login(
         names = ", ".join(c.name for c in settings.connections) or "none"
         say(f"error: no connection is named {connection_name!r} (configured: {names})")
         return 1
-    async with aiohttp.ClientSession(trust_env=False) as session:
-        store = FileStore(settings.store.path)
-        connection = build_connection(chosen, session=session, store=store, clock=clock)
-        try:
-            await _login(connection, stdin=stdin, say=say, listen=listen, clock=clock)
-        except _LoginFailed as failure:
-            say(f"error: {failure}")
-            return 1
+    store = open_store(settings.store)
+    try:
+        async with aiohttp.ClientSession(trust_env=False) as session:
+            connection = build_connection(chosen, session=session, store=store, clock=clock)
+            try:
+                await _check_store(store)
+                await _login(connection, stdin=stdin, say=say, listen=listen, clock=clock)
+            except _LoginFailed as failure:
+                say(f"error: {failure}")
+                return 1
+    finally:
+        await store.close()
     return 0
+
+
+async def _check_store(store: TokenStore) -> None:
+    """Before anyone consents: the new refresh token must have somewhere to go."""
+    try:
+        await store.check()
+    except StoreError as exc:
+        raise _LoginFailed(f"the token store cannot be used: {exc}") from None
 
 
 async def _login(

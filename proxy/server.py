@@ -114,6 +114,7 @@ async def serve(
     sockets: Sequence[socket.socket] = (),
     environ: Mapping[str, str] | None = None,
     ops: OpsListener | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Run `app` until SIGTERM or SIGINT, then stop as described above.
 
@@ -130,7 +131,8 @@ async def serve(
     sites: list[web.BaseSite] = (
         [web.SockSite(runner, sock) for sock in sockets]
         if sockets
-        else [web.TCPSite(runner, host, port, reuse_address=True)]
+        # reuse_port: the workers of `serve --workers N` all bind the same port.
+        else [web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)]
     )
     try:
         for site in sites:

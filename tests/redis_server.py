@@ -14,15 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp.test_utils import unused_port
 
 _START_TIMEOUT_SECONDS = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def redis_server_program() -> str:
@@ -53,7 +47,7 @@ class RedisServer:
         assert not self.running
         for _ in range(5):
             if not self.port:
-                self.port = free_port()
+                self.port = unused_port()
             self._process = subprocess.Popen(
                 [redis_server_program(), "--port", str(self.port), "--bind", "127.0.0.1",
                  "--dir", str(self.directory), "--save", "", "--appendonly", "yes",

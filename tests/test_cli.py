@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import TestServer, unused_port
 
 from proxy.cli import main, revoke_connection
 from proxy.config import Settings, StoreSettings
@@ -239,3 +244,82 @@ def test_login_refuses_a_machine_connection(tmp_path: Path) -> None:
                   str(tmp_path / "config.toml"), env=SECRETS)
     assert result.returncode == 1
     assert "connection 'nitro' uses machine credentials (nitro)" in result.stdout
+
+
+# --- serve --workers --------------------------------------------------------------------------
+
+_STARTED = re.compile(r"started worker (\d+) \(pid (\d+)\)")
+
+
+def _workers(log: Path) -> dict[int, int]:
+    """The newest pid of each worker number, from the supervisor's log."""
+    found: dict[int, int] = {}
+    for number, pid in _STARTED.findall(log.read_text()):
+        found[int(number)] = int(pid)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out waiting for a condition"
+        time.sleep(0.05)
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_proxy/healthz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def test_serve_with_workers_replaces_a_dead_worker_and_stops_them_all_on_sigterm(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "config.toml").write_text(GOOD)
+    log, port = tmp_path / "serve.log", unused_port()
+    with log.open("wb") as sink, subprocess.Popen(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(tmp_path / "config.toml"),
+         "--port", str(port), "--workers", "3"],
+        cwd=ROOT, env={**os.environ, **SECRETS}, stdout=sink, stderr=sink,
+    ) as server:
+        try:
+            _wait(lambda: len(_workers(log)) == 3 and log.read_text().count("listening on") == 3)
+            assert all(_healthy(port) for _ in range(10))  # one port, shared
+            first = _workers(log)
+            os.kill(first[1], signal.SIGKILL)
+            _wait(lambda: _workers(log)[1] != first[1])  # replaced
+            _wait(lambda: log.read_text().count("listening on") == 4)
+            assert f"worker 1 (pid {first[1]}) exited with code -9" in log.read_text()
+            assert _healthy(port)
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert not any(_alive(pid) for pid in _workers(log).values())
+    assert (tmp_path / "state" / "session.key").exists()  # one key, however many workers
+
+
+def test_workers_need_a_fixed_port(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(GOOD)
+    result = _run("serve", "--config", str(tmp_path / "config.toml"), "--port", "0",
+                  "--workers", "2", env=SECRETS)
+    assert result.returncode == 1
+    assert "--workers needs a fixed port" in result.stderr
+
+
+def test_workers_must_be_a_positive_number(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(GOOD)
+    result = _run("serve", "--config", str(tmp_path / "config.toml"), "--workers", "0")
+    assert result.returncode == 2
+    assert "expected a whole number >= 1" in result.stderr

@@ -18,6 +18,8 @@ import base64
 import hashlib
 import hmac
 import logging
+import os
+import secrets
 import stat
 import time
 from collections.abc import Callable, Mapping
@@ -99,10 +101,9 @@ def load_or_create_session_key(path: Path) -> bytes:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        key = Fernet.generate_key()
-        write_atomically(path, key + b"\n", mode=0o600)
-        log.info("generated a new session key in %s", path)
-        return key
+        if _create_session_key(path):
+            log.info("generated a new session key in %s", path)
+        return load_or_create_session_key(path)  # ours, or the one another worker made first
     except OSError as exc:
         raise SessionKeyError(f"cannot read the session key {path}: {exc.strerror}") from None
     key = raw.strip()
@@ -116,6 +117,19 @@ def load_or_create_session_key(path: Path) -> bytes:
     if mode & 0o077:
         log.warning("the session key %s is readable by others (mode %o); chmod 600", path, mode)
     return key
+
+
+def _create_session_key(path: Path) -> bool:
+    """Write a new key unless one exists; several workers starting at once agree on one."""
+    staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
+    write_atomically(staged, Fernet.generate_key() + b"\n", mode=0o600)
+    try:
+        path.hardlink_to(staged)  # fails when another process linked its key first
+    except FileExistsError:
+        return False
+    finally:
+        staged.unlink()
+    return True
 
 
 def session_key(settings: Settings) -> bytes:

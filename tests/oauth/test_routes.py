@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -403,6 +404,14 @@ def test_a_new_session_key_file_is_private(tmp_path: Path) -> None:
     key = load_or_create_session_key(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert load_or_create_session_key(path) == key
+
+
+def test_workers_starting_together_agree_on_one_session_key(tmp_path: Path) -> None:
+    path = tmp_path / "state" / "session.key"
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        keys = set(pool.map(lambda _: load_or_create_session_key(path), range(16)))
+    assert len(keys) == 1
+    assert [p.name for p in path.parent.iterdir()] == ["session.key"]  # nothing staged is left
 
 
 async def test_pages_forbid_framing_and_referrers(env: Env) -> None:

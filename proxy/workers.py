@@ -1,0 +1,176 @@
+"""`nmbrs-proxy serve`: one process, or N worker processes sharing one port (SO_REUSEPORT).
+
+With `--workers N` the parent process only supervises. It spawns N workers (fresh interpreters:
+no event loop, socket or lock is inherited), each binding the same port with SO_REUSEPORT so
+the kernel spreads connections over them (the ops listener, when configured, is shared the
+same way). A worker that dies is replaced; workers that keep exiting right after they start
+(a port in use, a store that cannot be read) make the parent give up. SIGTERM or SIGINT goes
+on to every worker, which drains as a single process does (see `proxy.server`); one that has
+not stopped within the grace period and a few seconds more is killed. Workers share the
+token store, whose refresh lease keeps them from renewing the token together. Each worker's
+log records carry its process id as `worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Final
+
+from proxy import redact
+from proxy.config import Settings
+from proxy.logs import setup_logging
+from proxy.secret import revealed_in
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED: Final = 1
+# Beyond the server's own grace period: how long stopping workers get before they are killed.
+STOP_MARGIN_SECONDS: Final = 5.0
+# A worker that exits by itself (not killed by a signal) sooner than this after it started
+# counts toward giving up ...
+MIN_UPTIME_SECONDS: Final = 5.0
+# ... and this many such exits in a row stop the whole server.
+MAX_EARLY_EXITS: Final = 3
+_POLL_SECONDS: Final = 0.5
+
+
+def serve(
+    settings: Settings, host: str, port: int, *, reuse_port: bool = False,
+    sockets: Sequence[socket.socket] = (),
+) -> int:
+    """Run the proxy in this process until SIGTERM or SIGINT; the exit code."""
+    from proxy.app import create_app, create_ops_app  # noqa: PLC0415 - keeps the CLI light
+    from proxy.server import OpsListener  # noqa: PLC0415 - as above
+    from proxy.server import serve as serve_app  # noqa: PLC0415 - as above
+
+    app = create_app(settings)
+    server = settings.server
+    ops = (
+        None if server.ops_port is None
+        else OpsListener(create_ops_app(app), server.ops_host, server.ops_port)
+    )
+    try:
+        asyncio.run(serve_app(
+            app,
+            host=host,
+            port=port,
+            grace=server.shutdown_grace_seconds,
+            sockets=sockets,
+            ops=ops,
+            reuse_port=reuse_port,
+        ))
+    except OSError as exc:  # a port in use, a token store that cannot be read, ...
+        log.error("cannot serve: %s", exc)  # noqa: TRY400 - the message says it all
+        return EXIT_FAILED
+    return 0
+
+
+class _WorkerField(logging.Filter):
+    """Adds `worker=<pid>` to every record, so the workers' lines can be told apart."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self._pid = pid
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self._pid
+        return True
+
+
+def _worker(settings: Settings, host: str, port: int, log_level: str, log_format: str) -> None:
+    # Out of the terminal's process group: Ctrl-C reaches the parent only, which stops the
+    # workers with one SIGTERM each (a second signal would cut their drain short).
+    os.setpgid(0, 0)
+    logs = setup_logging(log_level, log_format, filters=[_WorkerField(os.getpid())])
+    redact.install(revealed_in(settings))  # as in the parent: secrets never reach the log
+    try:
+        code = serve(settings, host, port, reuse_port=True)
+    finally:
+        logs.close()
+    sys.exit(code)
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    started: float
+
+
+def run_workers(
+    settings: Settings, host: str, port: int, *, count: int, log_level: str, log_format: str
+) -> int:
+    """Supervise `count` workers until a signal stops them; the exit code of the server."""
+    context = multiprocessing.get_context("spawn")
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping the workers", signal.Signals(signum).name)
+        stopping.set()
+
+    def start(number: int) -> _Worker:
+        process = context.Process(
+            target=_worker, args=(settings, host, port, log_level, log_format),
+            name=f"worker-{number}",
+        )
+        process.start()
+        log.info("started worker %d (pid %s)", number, process.pid,
+                 extra={"event": "worker_started", "worker": process.pid})
+        return _Worker(process, time.monotonic())
+
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    workers: list[_Worker] = []
+    code = 0
+    try:
+        workers = [start(number) for number in range(count)]
+        early_exits = 0
+        while not stopping.is_set():
+            multiprocessing.connection.wait(
+                [worker.process.sentinel for worker in workers], timeout=_POLL_SECONDS
+            )
+            for number, worker in enumerate(workers):
+                if stopping.is_set() or worker.process.is_alive():
+                    continue
+                uptime = time.monotonic() - worker.started
+                exitcode = worker.process.exitcode
+                log.warning("worker %d (pid %s) exited with code %s after %.1f s",
+                            number, worker.process.pid, exitcode, uptime)
+                early = (exitcode or 0) >= 0 and uptime < MIN_UPTIME_SECONDS  # not a signal
+                early_exits = early_exits + 1 if early else 0
+                if early_exits >= MAX_EARLY_EXITS:
+                    log.error("workers keep exiting right after they start; stopping")
+                    code = EXIT_FAILED
+                    stopping.set()
+                    break
+                workers[number] = start(number)
+    finally:
+        _stop_all(workers, settings.server.shutdown_grace_seconds + STOP_MARGIN_SECONDS)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return code
+
+
+def _stop_all(workers: list[_Worker], patience: float) -> None:
+    processes = [worker.process for worker in workers]
+    for process in processes:
+        if process.is_alive():
+            process.terminate()  # SIGTERM: each worker drains like a single process
+    deadline = time.monotonic() + patience
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+    for process in processes:
+        if process.is_alive():
+            log.warning("worker pid %s did not stop in time: killing it", process.pid)
+            process.kill()
+            process.join()
