@@ -265,7 +265,8 @@ class RedisStore:
             return
         event = self._events.setdefault(connection, asyncio.Event())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: it may swallow a cancel
+                await event.wait()
 
     def subscribe(self, connection: str, callback: ChangeCallback) -> None:
         self._subscribers.add(connection, callback)
