@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit setup system-deps clean
+.PHONY: demo test race lint typecheck unit setup system-deps clean
 
 demo: $(STAMP)
 	$(BIN)/nmbrs-proxy demo
@@ -23,6 +23,10 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+# The replica tests at full length: 2 minutes of load per store backend, 20 lease-holder kills.
+race: $(STAMP) system-deps
+	NMBRS_PROXY_RACE_SECONDS=120 NMBRS_PROXY_FAULT_CYCLES=20 $(BIN)/pytest -s tests/test_replicas.py
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { \

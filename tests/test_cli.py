@@ -7,6 +7,7 @@ import io
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -323,3 +324,15 @@ def test_workers_must_be_a_positive_number(tmp_path: Path) -> None:
     result = _run("serve", "--config", str(tmp_path / "config.toml"), "--workers", "0")
     assert result.returncode == 2
     assert "expected a whole number >= 1" in result.stderr
+
+
+def test_workers_that_keep_failing_at_start_make_the_server_give_up(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(GOOD)
+    with socket.socket() as taken:  # the port is held without SO_REUSEPORT: binding fails
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("serve", "--config", str(tmp_path / "config.toml"), "--port", str(port),
+                      "--workers", "2", env=SECRETS)
+    assert result.returncode == 1
+    assert "workers keep exiting right after they start; stopping" in result.stderr

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX: Final = "nmbrs-proxy:"
 # How long the watcher waits between reconnection attempts, at most.
-WATCH_BACKOFF_MAX_SECONDS: Final = 5.0
+WATCH_BACKOFF_MAX_SECONDS: Final = 2.0
 
 _SWAP: Final = """
 local current = redis.call('HGET', KEYS[1], 'version')
