@@ -20,6 +20,7 @@ from proxy.config import (
     ConfigError,
     RetrySettings,
     Settings,
+    StoreSettings,
     config_path,
     load,
     parse,
@@ -163,6 +164,8 @@ def test_the_example_documents_every_key() -> None:
         assert f"# {optional}" in text, optional  # documented, shown commented out
     assert set(data["server"]) == {"host", "port", "allow_anonymous", "shutdown_grace_seconds"}
     assert '# secret = "env:NMBRS_PROXY_SESSION_SECRET"' in text  # optional, shown commented out
+    for field in dataclasses.fields(StoreSettings):  # set, or shown commented out
+        assert re.search(rf"^(# )?{field.name} = ", text, re.MULTILINE), field.name
 
 
 # --- valid values and how they are normalised --------------------------------------------------

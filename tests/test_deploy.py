@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from cryptography.fernet import Fernet
 
 from proxy.app import create_app, create_ops_app
 from proxy.config import Settings, parse
@@ -121,9 +122,12 @@ def k8s_settings(pod: dict[str, Any], sidecar: dict[str, Any]) -> tuple[Settings
     data = tomllib.loads(config_map["data"][str(config_path.relative_to(mount["mountPath"]))])
     assert data["store"]["backend"] == "redis"
     assert data["store"]["url"] == "env:REDIS_URL"
-    assert "REDIS_URL" in env
-    settings = settings_of(data, set(env), values={"REDIS_URL": k8s_redis_url()})
+    assert {"REDIS_URL", "NMBRS_PROXY_STORE_KEY"} <= set(env)
+    key = Fernet.generate_key().decode()  # what the header's command makes
+    settings = settings_of(data, set(env), values={"REDIS_URL": k8s_redis_url(),
+                                                   "NMBRS_PROXY_STORE_KEY": key})
     assert settings.store.url == k8s_redis_url()
+    assert settings.store.encryption_key is not None  # tokens are encrypted in Redis
     return settings, data
 
 
