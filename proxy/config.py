@@ -602,8 +602,8 @@ def _prefix(value: Any, context: _Context) -> str:
     return text
 
 
-def _http_url(text: str) -> SplitResult:
-    """Checks shared by every URL: absolute http(s), a host, no user info, no fragment."""
+def _split_url(text: str) -> SplitResult:
+    """A URL with no whitespace, split; its port, if any, a number in range."""
     if any(char.isspace() for char in text):
         raise _Invalid("must not contain whitespace")
     try:
@@ -611,6 +611,12 @@ def _http_url(text: str) -> SplitResult:
         _ = parts.port  # raises ValueError on a port that is not a number in range
     except ValueError as err:
         raise _Invalid("is not a valid URL") from err
+    return parts
+
+
+def _http_url(text: str) -> SplitResult:
+    """Checks shared by every URL: absolute http(s), a host, no user info, no fragment."""
+    parts = _split_url(text)
     if parts.scheme not in {"http", "https"}:
         raise _Invalid("must be an absolute http or https URL")
     if not parts.hostname:
@@ -782,13 +788,7 @@ _FERNET_KEY_HINT: Final = (
 def _redis_url(value: Any, context: _Context) -> str:
     """redis://[user@]host[:port][/db] or rediss://…; the password goes in `password`."""
     text = _text(value, context)
-    if any(char.isspace() for char in text):
-        raise _Invalid("must not contain whitespace")
-    try:
-        parts = urlsplit(text)
-        _ = parts.port  # raises ValueError on a port that is not a number in range
-    except ValueError as err:
-        raise _Invalid("is not a valid URL") from err
+    parts = _split_url(text)
     if parts.scheme not in _REDIS_SCHEMES:
         raise _Invalid("must be a redis:// or rediss:// URL")
     if not parts.hostname:

@@ -233,3 +233,11 @@ async def test_an_idle_connection_keeps_refreshing_on_schedule(make_proxy: Proxy
         assert found.get("nmbrs_proxy_refresh_token_age_seconds", connection="nmbrs") < 1.5
     finally:
         await server.close()
+
+
+async def test_readiness_reports_the_store(
+    nmbrs: RunningSandbox, make_proxy: ProxyFactory, tmp_path: Path
+) -> None:
+    proxy = await make_proxy(nmbrs.connection(), tokens={"nmbrs": nmbrs.tokens()})
+    body = await (await proxy.get("/_proxy/readyz")).json()
+    assert body["store"] == {"where": f"file {tmp_path / 'state' / 'tokens.json'}", "ok": True}

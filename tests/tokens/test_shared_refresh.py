@@ -121,19 +121,26 @@ async def test_idle_replicas_adopt_the_set_another_saved_without_calling_anyone(
     assert cluster.refreshes == 1
 
 
-async def test_a_consent_during_a_refresh_wins_over_the_refresh(cluster: Cluster) -> None:
-    """The refresh's compare-and-set save fails; its holder adopts the newer, linked set."""
+async def _refresh_held_at_the_idp(
+    cluster: Cluster,
+) -> tuple[TokenStore, TokenManager, TokenManager, asyncio.Task[str]]:
+    """Two replicas; the first one's refresh is waiting at the identity service."""
     store = await cluster.seed(expired(cluster.sandbox))
-    refreshing, consenting = cluster.replica(), cluster.replica()
+    refreshing, other = cluster.replica(), cluster.replica()
     await refreshing.load()
-    await consenting.load()
-    gate = cluster.sandbox.sandbox.token_gate
-    gate.clear()
+    await other.load()
+    cluster.sandbox.sandbox.token_gate.clear()
     pending = asyncio.create_task(refreshing.bearer())
     await until(lambda: cluster.sandbox.sandbox.stats.token_in_flight == 1)
+    return store, refreshing, other, pending
+
+
+async def test_a_consent_during_a_refresh_wins_over_the_refresh(cluster: Cluster) -> None:
+    """The refresh's compare-and-set save fails; its holder adopts the newer, linked set."""
+    store, _refreshing, consenting, pending = await _refresh_held_at_the_idp(cluster)
     relinked = cluster.sandbox.tokens()
     await consenting.adopt(relinked)  # a person linked the account again, elsewhere
-    gate.set()
+    cluster.sandbox.sandbox.token_gate.set()
     assert await pending == relinked.access_token
     stored = await store.load("nmbrs")
     assert stored is not None
@@ -144,18 +151,11 @@ async def test_a_consent_during_a_refresh_wins_over_the_refresh(cluster: Cluster
 async def test_invalid_grant_reloads_first_and_adopts_a_set_saved_meanwhile(
     cluster: Cluster,
 ) -> None:
-    await cluster.seed(expired(cluster.sandbox))
-    refreshing, consenting = cluster.replica(), cluster.replica()
-    await refreshing.load()
-    await consenting.load()
-    gate = cluster.sandbox.sandbox.token_gate
-    gate.clear()
-    pending = asyncio.create_task(refreshing.bearer())
-    await until(lambda: cluster.sandbox.sandbox.stats.token_in_flight == 1)
+    _store, refreshing, consenting, pending = await _refresh_held_at_the_idp(cluster)
     cluster.sandbox.sandbox.revoke_all_grants()  # the presented refresh token will be refused
     relinked = cluster.sandbox.tokens()  # a new grant, consented to on another replica
     await consenting.adopt(relinked)
-    gate.set()
+    cluster.sandbox.sandbox.token_gate.set()
     assert await pending == relinked.access_token
     assert refreshing.status().needs_consent is False
     assert cluster.sandbox.sandbox.stats.token_errors["invalid_grant"] == 1
