@@ -148,6 +148,35 @@ async def test_a_consent_during_a_refresh_wins_over_the_refresh(cluster: Cluster
     assert stored.version == 5
 
 
+async def test_a_key_entered_on_another_replica_during_a_refresh_is_kept_with_the_new_tokens(
+    cluster: Cluster,
+) -> None:
+    """Only the key changed meanwhile: the renewed tokens are merged with it, not dropped."""
+    store, refreshing, other, pending = await _refresh_held_at_the_idp(cluster)
+    await other.set_subscription_key("entered-meanwhile")
+    cluster.sandbox.sandbox.token_gate.set()
+    renewed = await pending
+    stored = await store.load("nmbrs")
+    assert stored is not None
+    assert (stored.access_token, stored.subscription_key) == (renewed, "entered-meanwhile")
+    assert stored.version == 6  # seeded 4, the key 5, the refresh 6
+    assert refreshing.subscription_key == "entered-meanwhile"
+    assert cluster.each_refresh_token_redeemed_once()
+
+
+async def test_a_revoke_on_one_replica_unlinks_every_replica(cluster: Cluster) -> None:
+    await cluster.seed(cluster.sandbox.tokens().with_version(1))
+    revoking, other = cluster.replica(run=True), cluster.replica(run=True)
+    await revoking.load()
+    await other.load()
+    await asyncio.sleep(0.3)  # the watchers are listening
+    assert await revoking.revoke() is True
+    await until(lambda: other.tokens is None)  # it heard, and did not write its copy back
+    with pytest.raises(ConsentRequired):
+        await other.bearer()
+    assert await cluster.backend.make().load("nmbrs") is None
+
+
 async def test_invalid_grant_reloads_first_and_adopts_a_set_saved_meanwhile(
     cluster: Cluster,
 ) -> None:
