@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test race lint typecheck unit setup system-deps clean
+.PHONY: demo test race lint typecheck unit setup system-deps clean bench bench-deps
 
 demo: $(STAMP)
 	$(BIN)/nmbrs-proxy demo
@@ -47,5 +47,28 @@ system-deps:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
+# `make bench`: nmbrs-proxy against nginx and mitmproxy on loopback (see BENCHMARKS.md). It takes
+# about 15 minutes and loads both cores: not part of `make test`. BENCH_ARGS passes options to
+# bench/run.py, e.g. `make bench BENCH_ARGS="--quick"` or `BENCH_ARGS="--only memory,expiry"`.
+BENCH_PROGRAMS := wrk:wrk nginx:nginx curl:curl openssl:openssl
+BENCH_VENV     := bench/.venv
+BENCH_STAMP    := $(BENCH_VENV)/.installed-$(shell cat bench/requirements.txt | cksum | cut -d' ' -f1)
+BENCH_ARGS     ?=
+
+bench: $(STAMP) bench-deps
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BENCH_VENV)/bin/python bench/chart.py bench/results/latest.json bench/results/chart.png
+
+bench-deps: $(BENCH_STAMP)
+	@PATH="$$PATH:/usr/sbin:/sbin" $(MAKE) --no-print-directory system-deps SYSTEM_PROGRAMS="$(BENCH_PROGRAMS)"
+
+# A venv of its own: mitmproxy pins versions of libraries the project also uses.
+$(BENCH_STAMP): bench/requirements.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements.txt
+	rm -f $(BENCH_VENV)/.installed-*
+	touch $@
+
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache
