@@ -33,7 +33,7 @@ $(STAMP): pyproject.toml
 	  echo "installing python3-venv"; apt-get update -qq && apt-get install -y -qq python3-venv; \
 	  $(PYTHON) -m venv $(VENV); }
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,fast]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -98,7 +98,7 @@ class Timed:
 
 async def timed_load(
     url: str, *, connections: int, seconds: float, rate: float | None = None,
-    max_requests: int = MAX_TIMED_REQUESTS,
+    headers: Sequence[str] = (), max_requests: int = MAX_TIMED_REQUESTS,
 ) -> list[Timed]:
     """Keep-alive GETs on `connections` connections for `seconds`; every request is recorded.
 
@@ -108,7 +108,8 @@ async def timed_load(
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
-    request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    extra = "".join(f"{header}\r\n" for header in headers)
+    request = f"GET {target} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode()
     deadline = time.monotonic() + seconds
     results: list[Timed] = []
 
@@ -140,11 +141,16 @@ async def timed_load(
     return results
 
 
-async def burst(url: str, count: int, *, timeout: float = 60.0) -> list[tuple[int, float]]:
+async def burst(
+    url: str, count: int, *, headers: Sequence[str] = (), timeout: float = 60.0
+) -> list[tuple[int, float]]:
     """`count` GETs at once, each on its own connection: (status, seconds) for each."""
     connector = aiohttp.TCPConnector(limit=0, force_close=True)
     client_timeout = aiohttp.ClientTimeout(total=timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=client_timeout) as session:
+    fields = dict(header.split(": ", 1) for header in headers)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=client_timeout, headers=fields
+    ) as session:
 
         async def one() -> tuple[int, float]:
             start = time.perf_counter()

@@ -142,6 +142,14 @@ def table(results: Mapping[str, Any]) -> str:
         lines.append(f"pending: {pending}")
     lines.append("")
     lines += _memory_lines(results)
+    prof = results.get("profile")
+    if prof:
+        lines.append(f"profile ({prof['samples']} samples at {prof['rps']:.0f} req/s): "
+                     f"{prof['file']}")
+        lines.append("  most samples, own time:")
+        lines += [f"    {share * 100:5.1f}%  {name}" for name, share in prof["own"][:20]]
+        lines.append("  most samples, with callees:")
+        lines += [f"    {share * 100:5.1f}%  {name}" for name, share in prof["inclusive"]]
     lines.append("")
     lines.append("targets:")
     lines += [f"  [{t['status']:^12}] {t['target']}: {t['shown']}" for t in targets(results)]

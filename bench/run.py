@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +41,11 @@ import aiohttp
 import report
 from load import Timed, burst, percentile, timed_load, wrk_run
 from servers import (
+    BENCH_VENV,
     BIG_FILE_SIZE,
     HOST,
     JSON_PATH,
+    KEY_HEADER,
     ROOT,
     SUBSCRIPTION_KEY,
     Conn,
@@ -68,6 +71,7 @@ from servers import (
 from servers import link as link_connection
 
 ALL_PARTS: Final = ("throughput", "memory", "startup", "connections", "refresh", "expiry")
+EXTRA_PARTS: Final = ("profile",)  # on request only: `--only profile`
 MB: Final = 1024 * 1024
 SAMPLE_SECONDS: Final = 0.05
 
@@ -196,10 +200,10 @@ async def start_everything(bench: Bench) -> None:
                                 upstream_port=bench.port("upstream"),
                                 tls_port=bench.port("upstream_tls"), ca=ca, token=bench.token)
         proc = bench.procs.start(name, nginx_argv(conf, work))
-        await wait_http(bench.url(name, JSON_PATH), proc=proc)
+        await wait_http(bench.url(name, JSON_PATH), proc=proc, status=401)  # no key: refused
         bench.targets.append(Target(report.NGINX, workers, {
             "plain": bench.url(name, JSON_PATH), "tls": bench.url(name, f"/tls{JSON_PATH}")},
-            proc))
+            proc, (KEY_HEADER,)))
 
     # The proxy under test gets its tokens the way a person links it: the consent flow.
     proxy1, _ = await bench.start_proxy("proxy1", bench.conns())
@@ -209,7 +213,7 @@ async def start_everything(bench: Bench) -> None:
     bench.main_proxy = proxy1
     bench.targets.append(Target(report.PROXY, 1, {
         "plain": bench.url("proxy1", JSON_PATH), "tls": bench.url("proxy1", f"/tls{JSON_PATH}")},
-        proxy1))
+        proxy1, (KEY_HEADER,)))
 
     if proxy_supports_workers():
         # Workers load the store at start: it is preloaded with tokens minted by the sandbox.
@@ -217,7 +221,7 @@ async def start_everything(bench: Bench) -> None:
         await wait_http(bench.url("proxy2", "/_proxy/readyz"), proc=proxy2)
         bench.targets.append(Target(report.PROXY, 2, {
             "plain": bench.url("proxy2", JSON_PATH),
-            "tls": bench.url("proxy2", f"/tls{JSON_PATH}")}, proxy2))
+            "tls": bench.url("proxy2", f"/tls{JSON_PATH}")}, proxy2, (KEY_HEADER,)))
     else:
         bench.pending.append("nmbrs-proxy with 2 processes: `serve --workers N` does not exist "
                              "yet in this tree")
@@ -263,7 +267,7 @@ def cells(args: argparse.Namespace) -> list[tuple[str, int, int]]:
     return out
 
 
-def throughput(bench: Bench) -> dict[str, Any]:
+async def throughput(bench: Bench) -> dict[str, Any]:
     args = bench.args
     runs: list[dict[str, Any]] = []
     deadline = time.monotonic() + args.max_minutes * 60
@@ -317,7 +321,7 @@ async def memory(bench: Bench) -> dict[str, Any]:
     curl = program("curl") or "curl"
     big = bench.workdir / "www" / "big.bin"
     result: dict[str, Any] = {"idle_rss": rss_bytes(proxy.tree())}
-    common = [curl, "-sS", "--max-time", "600",
+    common = [curl, "-sS", "--max-time", "600", "-H", KEY_HEADER,
               "-w", "%{http_code} %{size_download} %{size_upload}"]
     answer_file = bench.workdir / "curl.out"
     direct = [*common, "-o", os.devnull, "-H", f"Authorization: Bearer {bench.token}",
@@ -383,7 +387,8 @@ async def many_connections(bench: Bench) -> dict[str, Any]:
     ready_s = time.monotonic() - proc.started
     rss_ready = rss_bytes(proc.tree())
     semaphore = asyncio.Semaphore(50)
-    async with aiohttp.ClientSession() as session:
+    key = dict([KEY_HEADER.split(": ", 1)])
+    async with aiohttp.ClientSession(headers=key) as session:
 
         async def one(conn: Conn) -> int:
             url = bench.url("many", f"{conn.prefix}api/companies")
@@ -426,7 +431,8 @@ async def refresh_under_load(bench: Bench) -> dict[str, Any]:
     await bench.control("idp_short", "/_bench/token-delay", {"seconds": args.idp_delay})
     started = time.time()
     timed = await timed_load(bench.url("refresh", JSON_PATH), connections=args.refresh_clients,
-                             seconds=args.refresh_seconds, rate=args.refresh_rate)
+                             seconds=args.refresh_seconds, rate=args.refresh_rate,
+                             headers=(KEY_HEADER,))
     ended = time.time()
     calls = [c for c in await bench.control("idp_short", "/_bench/token-calls")
              if c["grant_type"] == "refresh_token" and started <= c["started"] <= ended]
@@ -462,7 +468,8 @@ async def expiry(bench: Bench) -> dict[str, Any]:
     await bench.control("idp", "/_bench/token-delay", {"seconds": args.expiry_idp_delay})
     try:
         proc, _ = await bench.start_proxy("expiry", conns, preload="idp", expired=True)
-        answers = await burst(bench.url("expiry", JSON_PATH), args.burst)
+        answers = await burst(bench.url("expiry", JSON_PATH), args.burst,
+                              headers=(KEY_HEADER,))
     finally:
         await bench.control("idp", "/_bench/token-delay", {"seconds": 0})
     calls = (await bench.control("idp", "/_bench/token-calls"))[calls_before:]
@@ -474,6 +481,75 @@ async def expiry(bench: Bench) -> dict[str, Any]:
     log(f"expiry: {args.burst} concurrent requests -> {refresh_calls} token call(s), "
         f"{result['ok']} answered 200")
     return result
+
+
+# --- profile --------------------------------------------------------------------------------
+
+
+async def profile(bench: Bench) -> dict[str, Any]:
+    """py-spy samples the proxy while wrk loads it (c=64, plain): where the CPU goes.
+
+    Writes the collapsed stacks next to the results (flamegraph.pl or speedscope read them)
+    and returns the functions with the most samples, by own time and with callees.
+    """
+    proxy = bench.main_proxy
+    assert proxy is not None
+    spy = BENCH_VENV / "bin" / "py-spy"
+    seconds = bench.args.profile_seconds
+    bench.args.out.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
+    raw = bench.args.out / f"profile-{stamp}.txt"
+    target = next(t for t in bench.targets if t.name == report.PROXY and t.processes == 1)
+    sampler = await asyncio.create_subprocess_exec(
+        str(spy), "record", "--pid", str(proxy.pid), "--duration", str(round(seconds)),
+        "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    await asyncio.sleep(0.5)
+    result = await asyncio.to_thread(
+        wrk_run, target.urls["plain"], connections=64, seconds=seconds - 1,
+        headers=target.headers, cpu_pids=target.pids())
+    _, err = await sampler.communicate()
+    if sampler.returncode != 0:
+        raise RuntimeError(f"py-spy failed: {err.decode()[-500:]}")
+    own, inclusive, total = collapse(raw.read_text().splitlines())
+    top = bench.args.profile_top
+    log(f"profile: {raw} ({total} samples, {result.rps:.0f} req/s meanwhile)")
+    return {
+        "file": str(raw), "samples": total, "rps": result.rps,
+        "own": [(name, count / total) for name, count in own.most_common(top)],
+        "inclusive": [(name, count / total) for name, count in inclusive.most_common(top)],
+    }
+
+
+def collapse(lines: Sequence[str]) -> tuple[Counter[str], Counter[str], int]:
+    """From py-spy's collapsed stacks ("a;b;c 12"): samples per function, own and inclusive."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in lines:
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(frame) for frame in stack.split(";")]
+        frames = [frame for frame in frames if frame]
+        if not frames:
+            continue
+        total += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    return own, inclusive, total
+
+
+def _frame(frame: str) -> str:
+    """`function (path/to/module.py:123)` -> `function (module.py)`; thread names dropped."""
+    name, _, where = frame.partition(" (")
+    if not where:
+        return ""
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    short = "/".join(path.split("/")[-2:])
+    return f"{name} ({short})"
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -497,19 +573,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     log(f"working in {workdir}")
     try:
         await start_everything(bench)
-        parts = args.only
-        if "throughput" in parts:
-            results["throughput"] = throughput(bench)
-        if "memory" in parts:
-            results["memory"] = await memory(bench)
-        if "startup" in parts:
-            results["startup"] = await startup(bench)
-        if "connections" in parts:
-            results["connections"] = await many_connections(bench)
-        if "refresh" in parts:
-            results["refresh"] = await refresh_under_load(bench)
-        if "expiry" in parts:
-            results["expiry"] = await expiry(bench)
+        parts = {"throughput": throughput, "memory": memory, "startup": startup,
+                 "connections": many_connections, "refresh": refresh_under_load,
+                 "expiry": expiry, "profile": profile}
+        for name, part in parts.items():
+            if name in args.only:
+                results[name] = await part(bench)
     except BaseException:
         for proc in bench.procs.started:
             if proc.popen.poll() is not None:
@@ -529,7 +598,8 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--only", default=",".join(ALL_PARTS),
-                        help=f"comma-separated parts to run, of: {', '.join(ALL_PARTS)}")
+                        help=f"comma-separated parts to run, of: {', '.join(ALL_PARTS)} "
+                             "(default: all of them), and profile")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell")
     parser.add_argument("--connections", default="1,64,256",
@@ -551,10 +621,12 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "possible)")
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--expiry-idp-delay", type=float, default=1.0)
+    parser.add_argument("--profile-seconds", type=float, default=10.0)
+    parser.add_argument("--profile-top", type=int, default=40)
     parser.add_argument("--keep-workdir", action="store_true")
     args = parser.parse_args(argv)
     args.only = [part.strip() for part in args.only.split(",") if part.strip()]
-    unknown = set(args.only) - set(ALL_PARTS)
+    unknown = set(args.only) - set(ALL_PARTS) - set(EXTRA_PARTS)
     if unknown:
         parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     args.connections = [int(c) for c in args.connections.split(",")]

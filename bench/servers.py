@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,11 @@ CLIENT_SECRET: Final = "s3cr:et%+demo"  # noqa: S105 - the sandbox's published f
 SUBSCRIPTION_KEY: Final = "demo-subscription-key"
 SESSION_SECRET: Final = "bench-session-secret-0123456789"  # noqa: S105 - a throwaway run's key
 SCOPES: Final = ("offline_access", "company.info.read")
+# The access policy is on in every proxy config: five clients with rules, and the callers
+# present the last one's key, so every key digest is compared (as the real door would).
+CLIENT_KEYS: Final = tuple(f"bench-client-key-{i}" for i in range(5))
+PROXY_KEY: Final = CLIENT_KEYS[-1]
+KEY_HEADER: Final = f"X-Proxy-Key: {PROXY_KEY}"
 BIG_FILE_SIZE: Final = 1024**3
 JSON_PATH: Final = "/api/companies"
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -294,8 +300,9 @@ def nginx_proxy_conf(
 ) -> Path:
     """The baseline: nginx as a header-injecting reverse proxy with keep-alive upstream pools.
 
-    It does the same work as the proxy per request: X-Forwarded-*, the bearer token and the
-    subscription key set, `/tls/` forwarded over verified TLS with session reuse.
+    It does the same work as the proxy per request: the caller's key checked (and not passed
+    on), X-Forwarded-*, the bearer token and the subscription key set, `/tls/` forwarded over
+    verified TLS with session reuse.
     """
     inject = (
         'proxy_http_version 1.1;\nproxy_set_header Connection "";\n'
@@ -303,9 +310,10 @@ def nginx_proxy_conf(
         "proxy_set_header X-Forwarded-Proto $scheme;\nproxy_set_header X-Forwarded-Host $host;\n"
         f'proxy_set_header Authorization "Bearer {token}";\n'
         f'proxy_set_header X-Subscription-Key "{SUBSCRIPTION_KEY}";\n'
-        'add_header Via "1.1 nginx";\n'
+        'proxy_set_header X-Proxy-Key "";\nadd_header Via "1.1 nginx";\n'
     )
     conf = workdir / f"{name}.conf"
+    door = f'if ($http_x_proxy_key != "{PROXY_KEY}") {{ return 401; }}\n'
     conf.write_text(
         _nginx_main(workdir, name, workers)
         + "http {\n"
@@ -314,7 +322,7 @@ def nginx_proxy_conf(
         + "keepalive_requests 10000000; }\n"
         + f"upstream tls {{ server {HOST}:{tls_port}; keepalive 512; "
         + "keepalive_requests 10000000; }\n"
-        + f"server {{\nlisten {HOST}:{port} backlog=4096;\n"
+        + f"server {{\nlisten {HOST}:{port} backlog=4096;\n{door}"
         + f"location / {{\n{inject}proxy_pass http://plain;\n}}\n"
         + f"location /tls/ {{\n{inject}proxy_pass https://tls/;\n"
         + "proxy_ssl_verify on;\n"  # nginx matches DNS names only: the certificate has both
@@ -345,7 +353,7 @@ class Conn:
 
 
 def proxy_conf(
-    path: Path, *, port: int, store: Path, connections: Sequence[Conn], extra: str = ""
+    path: Path, *, port: int, store: Path, connections: Sequence[Conn]
 ) -> Path:
     redirect = f"http://{HOST}:{port}/_proxy/callback"
     lines = [
@@ -362,7 +370,14 @@ def proxy_conf(
             f"scopes = {json.dumps(list(SCOPES))}",
             f"refresh_margin_seconds = {conn.refresh_margin}",
         ]
-    path.write_text("\n".join(lines) + "\n" + extra)
+    for index, key in enumerate(CLIENT_KEYS):
+        lines += [
+            "[[clients]]", f'name = "bench-{index}"',
+            f'key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"',
+            ('rules = [{ methods = ["GET"], paths = ["/api/companies/*/employees*", "/api/**", '
+             '"/big"] }, { methods = ["POST", "PUT"], paths = ["/upload"] }]'),
+        ]
+    path.write_text("\n".join(lines) + "\n")
     return path
 
 

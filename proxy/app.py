@@ -41,6 +41,7 @@ from proxy.observe import (
 from proxy.state import PROXY_STATE, ProxyState
 from proxy.tokens.backends import open_store
 from proxy.tokens.store import TokenStore
+from proxy.upstream import Pool
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,12 @@ def create_app(
         except BaseException:
             await _close(session, store if owns_store else None)
             raise
+        pool = Pool(keepalive_timeout=30)
         app[PROXY_STATE] = ProxyState(
             settings=settings,
             store=store,
             session=session,
+            pool=pool,
             connections=connections,
             clock=clock,
         )
@@ -158,6 +161,7 @@ def create_app(
                 await task
         for connection in connections.values():
             await connection.manager.close()
+        await pool.close()
         await _close(session, store if owns_store else None)
 
     app.cleanup_ctx.append(proxy_state)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -34,6 +35,7 @@ from proxy.tokens.grants import (
 from proxy.tokens.health import DAY, assess
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.store import TokenStore
+from proxy.upstream import Origin
 
 Clock = Callable[[], float]
 SUBSCRIPTION_KEY_HEADER: Final = "X-Subscription-Key"
@@ -138,6 +140,8 @@ class UpstreamCounters:
 @dataclass
 class Connection:
     settings: ConnectionSettings
+    origin: Origin  # where forwarded requests go
+    base_path: str  # the upstream URL's path ("" or e.g. "/v1"), put before every target
     grant: Grant
     manager: TokenManager
     timeout: aiohttp.ClientTimeout
@@ -255,6 +259,8 @@ def build_connection(
     keys = settings.subscription_keys
     return Connection(
         settings=settings,
+        origin=Origin.parse(settings.upstream),
+        base_path=urlsplit(settings.upstream).path.rstrip("/"),
         grant=grant,
         manager=manager,
         timeout=timeout,

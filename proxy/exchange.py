@@ -22,8 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
-import aiohttp
-
+from proxy import upstream
 from proxy.connection import Connection
 from proxy.credentials import (
     KEY_COMPLAINT_MAX_BYTES,
@@ -38,7 +37,7 @@ from proxy.shaping import Permit
 
 log = logging.getLogger(__name__)
 
-Send = Callable[[Mapping[str, str]], Awaitable[aiohttp.ClientResponse]]
+Send = Callable[[Mapping[str, str]], Awaitable[upstream.Response]]
 Clock = Callable[[], float]
 
 
@@ -46,7 +45,7 @@ Clock = Callable[[], float]
 class Answer:
     """The upstream response for the client, and the shaping permit it holds until relayed."""
 
-    response: aiohttp.ClientResponse
+    response: upstream.Response
     permit: Permit
     head: bytes = b""  # the start of the body, already read (to tell a key refusal)
 
@@ -61,12 +60,13 @@ async def read_head(connection: Connection, answer: Answer, limit: int) -> tuple
     What was read must be sent to the client before the rest of the stream.
     """
     response = answer.response
-    if response.content_length is not None and response.content_length > limit:
+    length = response.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > limit:
         return b"", False
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.content.iter_any():
+        async for chunk in response.iter_chunks():
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:
@@ -76,7 +76,7 @@ async def read_head(connection: Connection, answer: Answer, limit: int) -> tuple
             f"the upstream of connection {connection.name!r} stopped sending its answer",
             connection=connection.name,
         ) from None
-    except aiohttp.ClientError as exc:
+    except upstream.UpstreamError as exc:
         raise BadGateway(
             f"the upstream of connection {connection.name!r} broke off its answer "
             f"({type(exc).__name__})",

@@ -11,13 +11,12 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Final
 
-import aiohttp
 from aiohttp import web
-from yarl import URL
 
+from proxy import upstream
 from proxy.cache import Plan, ResponseCache, invalidates, served_headers
 from proxy.connection import Connection
 from proxy.errors import BadGateway, GatewayTimeout, NoConnection
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 REPLAYABLE_BODY_LIMIT: Final = 64 * 1024
 CHUNK_SIZE: Final = 64 * 1024
 
-Body = bytes | aiohttp.StreamReader | None
+Body = bytes | AsyncIterator[bytes] | None
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
@@ -45,7 +44,7 @@ async def forward(request: web.Request) -> web.StreamResponse:
         raise NoConnection(f"no connection serves the path {path!r}")
     connection = state.by_prefix[prefix]
     request[OBSERVATION].connection = connection
-    url = URL(upstream_url(connection.settings.upstream, prefix, raw_target), encoded=True)
+    target = upstream_url("", prefix, raw_target)  # path and query below the upstream's base
 
     body: Body = None
     if request.body_exists:
@@ -53,12 +52,11 @@ async def forward(request: web.Request) -> web.StreamResponse:
         if length is not None and length <= REPLAYABLE_BODY_LIMIT:
             body = await request.read()
         else:
-            body = request.content
+            body = request.content.iter_chunked(CHUNK_SIZE)
 
     public_base = f"{request.scheme}://{request.host}{prefix.rstrip('/')}"
-    send = functools.partial(_send, request, connection, url, body)
-    replayable = not isinstance(body, aiohttp.StreamReader)
-    target = upstream_url("", prefix, raw_target)  # path and query below the upstream's base
+    send = functools.partial(_send, request, connection, connection.base_path + target, body)
+    replayable = body is None or isinstance(body, bytes)
     cache = connection.cache
     if cache is not None:
         plan = cache.plan(request.method, target, request.headers, has_body=request.body_exists)
@@ -121,11 +119,10 @@ async def _through_cache(
 async def _send(
     request: web.Request,
     connection: Connection,
-    url: URL,
+    target: str,
     body: Body,
     credentials: Mapping[str, str],
-) -> aiohttp.ClientResponse:
-    session = request.app[PROXY_STATE].session
+) -> upstream.Response:
     observation = request[OBSERVATION]
     headers = upstream_request_headers(
         request.headers,
@@ -138,29 +135,29 @@ async def _send(
     )
     sent = time.perf_counter()
     try:
-        response = await session.request(
+        response = await request.app[PROXY_STATE].pool.request(
+            connection.origin,
             request.method,
-            url,
-            headers=headers,
-            data=body,
-            allow_redirects=False,
-            timeout=connection.timeout,
-            skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            target,
+            headers.items(),
+            body,
+            connect_timeout=connection.settings.connect_timeout_seconds,
+            read_timeout=connection.settings.read_timeout_seconds,
         )
     except TimeoutError as exc:
         observation.upstream_seconds += time.perf_counter() - sent
         raise GatewayTimeout(
             f"the upstream of connection {connection.name!r} did not answer in time",
             connection=connection.name,
-            unsent=isinstance(exc, aiohttp.ConnectionTimeoutError),
+            unsent=isinstance(exc, upstream.ConnectTimeout),
         ) from None
-    except aiohttp.ClientError as exc:
+    except (upstream.UpstreamError, ValueError) as exc:
         observation.upstream_seconds += time.perf_counter() - sent
         raise BadGateway(
             f"the upstream of connection {connection.name!r} could not be reached "
             f"({type(exc).__name__})",
             connection=connection.name,
-            unsent=isinstance(exc, aiohttp.ClientConnectorError),
+            unsent=isinstance(exc, upstream.ConnectError),
         ) from None
     waited = time.perf_counter() - sent
     observation.upstream_seconds += waited
@@ -173,30 +170,38 @@ async def _send(
 
 async def _relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    answer: upstream.Response,
     upstream_base: str,
     public_base: str,
     *,
     head: bytes = b"",
     extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Stream the answer to the client; `head` is the start of its body, read already."""
+    """Send the answer to the client; `head` is the start of its body, read already."""
     headers = client_response_headers(
-        upstream.headers, upstream_base=upstream_base, public_base=public_base
+        answer.headers, upstream_base=upstream_base, public_base=public_base
     )
-    headers.update(extra_headers or {})
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    await response.prepare(request)
+    if extra_headers:
+        headers.update(extra_headers)
     observation = request[OBSERVATION]
+    rest = answer.buffered()
+    if rest is not None and request.method != "HEAD":
+        # A small answer usually arrives with its headers: one write, no stream machinery.
+        headers.popall("Content-Length", None)
+        observation.headers_sent = time.perf_counter()
+        return web.Response(status=answer.status, reason=answer.reason, headers=headers,
+                            body=head + rest if head else rest)
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    await response.prepare(request)
     observation.headers_sent = time.perf_counter()
     sent = len(head)
     try:
         if head:
             await response.write(head)
-        async for chunk in upstream.content.iter_chunked(CHUNK_SIZE):
+        async for chunk in answer.iter_chunks():
             sent += len(chunk)
             await response.write(chunk)
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except upstream.UpstreamError as exc:
         # Headers are gone already: the only honest signal left is an aborted connection.
         log.warning("upstream broke off a response to %s %s (%s)", request.method,
                     request.path, type(exc).__name__)

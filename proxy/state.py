@@ -11,13 +11,15 @@ from aiohttp import web
 from proxy.config import Settings
 from proxy.connection import Connection
 from proxy.tokens.store import TokenStore
+from proxy.upstream import Pool
 
 
 @dataclass
 class ProxyState:
     settings: Settings
     store: TokenStore
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # the proxy's own calls: identity services
+    pool: Pool  # forwarded requests
     connections: dict[str, Connection]
     clock: Callable[[], float]
     by_prefix: dict[str, Connection] = field(init=False)

@@ -23,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Final
@@ -46,6 +46,24 @@ MAX_EARLY_EXITS: Final = 3
 _POLL_SECONDS: Final = 0.5
 
 
+def new_event_loop(environ: Mapping[str, str] = os.environ) -> asyncio.AbstractEventLoop:
+    """uvloop's event loop when it is installed (the `fast` extra), else asyncio's own.
+
+    NMBRS_PROXY_EVENT_LOOP=asyncio keeps asyncio's loop even when uvloop is there.
+    """
+    choice = environ.get("NMBRS_PROXY_EVENT_LOOP", "auto")
+    if choice != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional: the `fast` extra
+        except ImportError:
+            pass
+        else:
+            log.info("event loop: uvloop")
+            return uvloop.new_event_loop()
+    log.info("event loop: asyncio")
+    return asyncio.new_event_loop()
+
+
 def serve(
     settings: Settings, host: str, port: int, *, reuse_port: bool = False,
     sockets: Sequence[socket.socket] = (),
@@ -62,15 +80,16 @@ def serve(
         else OpsListener(create_ops_app(app), server.ops_host, server.ops_port)
     )
     try:
-        asyncio.run(serve_app(
-            app,
-            host=host,
-            port=port,
-            grace=server.shutdown_grace_seconds,
-            sockets=sockets,
-            ops=ops,
-            reuse_port=reuse_port,
-        ))
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(serve_app(
+                app,
+                host=host,
+                port=port,
+                grace=server.shutdown_grace_seconds,
+                sockets=sockets,
+                ops=ops,
+                reuse_port=reuse_port,
+            ))
     except OSError as exc:  # a port in use, a token store that cannot be read, ...
         log.error("cannot serve: %s", exc)  # noqa: TRY400 - the message says it all
         return EXIT_FAILED

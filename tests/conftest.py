@@ -331,3 +331,26 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+# --- event loops ------------------------------------------------------------------------------
+
+_BOTH_LOOPS = frozenset({"test_upstream.py", "test_forward.py"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The forwarding path runs on asyncio's loop and on uvloop's (which `serve` uses when the
+    `fast` extra is installed): its tests run on both, every other test on asyncio's."""
+    del config
+    factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+        "asyncio": asyncio.new_event_loop}
+    if item.path.name not in _BOTH_LOOPS:
+        return factories
+    try:
+        import uvloop  # noqa: PLC0415 - optional
+    except ImportError:
+        return factories
+    factories["uvloop"] = uvloop.new_event_loop
+    return factories

@@ -20,6 +20,7 @@ import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
 from proxy.cli import main, revoke_connection
+from proxy.workers import new_event_loop
 from proxy.config import Settings, StoreSettings
 from proxy.secret import Secret
 from proxy.tokens.store import FileStore
@@ -336,3 +337,19 @@ def test_workers_that_keep_failing_at_start_make_the_server_give_up(tmp_path: Pa
                       "--workers", "2", env=SECRETS)
     assert result.returncode == 1
     assert "workers keep exiting right after they start; stopping" in result.stderr
+
+# --- the event loop --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [({}, "uvloop"), ({"NMBRS_PROXY_EVENT_LOOP": "auto"}, "uvloop"),
+     ({"NMBRS_PROXY_EVENT_LOOP": "asyncio"}, "asyncio")],
+)
+def test_serve_runs_on_uvloop_when_it_is_installed(environ: dict[str, str], expected: str) -> None:
+    uvloop = pytest.importorskip("uvloop")  # the `fast` extra; `make test` installs it
+    loop = new_event_loop(environ)
+    try:
+        assert isinstance(loop, uvloop.Loop) is (expected == "uvloop")
+    finally:
+        loop.close()

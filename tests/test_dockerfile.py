@@ -62,3 +62,11 @@ def test_config_and_state_are_mounted_paths() -> None:
         if keyword == "COPY":
             for source in rest.split()[:-1]:
                 assert (ROOT / source).exists(), source
+
+
+def test_the_image_installs_the_fast_extra() -> None:
+    runs = [rest for keyword, rest in _instructions() if keyword == "RUN"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert any("pip install '.[fast]'" in run for run in runs)
+    assert any(requirement.startswith("uvloop") for requirement in extras["fast"])
