@@ -139,7 +139,7 @@ async def _send(
             connection.origin,
             request.method,
             target,
-            headers.items(),
+            headers,
             body,
             connect_timeout=connection.settings.connect_timeout_seconds,
             read_timeout=connection.settings.read_timeout_seconds,

@@ -56,6 +56,9 @@ _CONTROL: Final = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (RFC 
 _BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODED_SEPARATOR: Final = re.compile(r"%(?:25)*(?:2f|5c)", re.IGNORECASE)
 _DOTS: Final = frozenset({".", ".."})
+# Header names seen to be valid tokens (the same few names come with every request).
+_GOOD_NAMES: set[str] = set()
+_GOOD_NAMES_MAX: Final = 512
 
 
 def check_request(
@@ -101,23 +104,45 @@ def check_target(target: str) -> None:
 
 def check_path(path: str) -> None:
     """Refuse a path an upstream could read differently from the proxy (see the module doc)."""
+    if _plain_path(path):
+        return
     if "\\" in path:
         raise BadRequest("the path must not contain a backslash")
     if _BAD_ESCAPE.search(path):
         raise BadRequest("the path has a '%' that does not start a percent-escape")
     if _ENCODED_SEPARATOR.search(path):
         raise BadRequest("the path must not contain an encoded '/' or '\\' (%2F, %5C)")
-    segments = path.split("/")[1:]
+    _check_segments(path.split("/")[1:])
+
+
+def _check_segments(segments: list[str]) -> None:
     for index, segment in enumerate(segments):
         if not segment:
             if index < len(segments) - 1:  # a trailing "/" is fine, "//" is not
                 raise BadRequest("the path must not contain an empty segment ('//')")
+            continue
+        if _plain(segment):
             continue
         decoded = _decoded(segment)
         if _CONTROL.search(decoded):
             raise BadRequest("the path contains an encoded control character")
         if _is_dot_segment(decoded):
             raise BadRequest("the path must not contain '.' or '..' segments, in any encoding")
+
+
+def _plain_path(path: str) -> bool:
+    """The common path, checked at once: printable ASCII, no escape, no backslash, no empty
+    segment, and no segment that starts with a dot; every segment is then `_plain`."""
+    return (path.startswith("/") and path.isascii() and path.isprintable()
+            and "%" not in path and "\\" not in path and "//" not in path and "/." not in path)
+
+
+def _plain(segment: str) -> bool:
+    """Printable ASCII without escapes that does not start with a dot: nothing below can object
+    (it decodes to itself, NFKC leaves it alone, it holds no control character), so the common
+    segment skips the decoding."""
+    return (segment.isascii() and segment.isprintable() and "%" not in segment
+            and not segment.startswith("."))
 
 
 def _decoded(segment: str) -> str:
@@ -140,12 +165,8 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
     for name, value in headers:
         fields += 1
         size += len(name) + len(value) + 4  # ": " and CRLF
-        if not _TOKEN.fullmatch(name):
-            raise BadRequest("a header name is not a valid token")
-        if _CONTROL.search(value):
-            raise BadRequest(f"the {name} header contains a control character (CR, LF, NUL, ...)")
-        if not _is_utf8(value):
-            raise BadRequest(f"the {name} header is not valid UTF-8")
+        if not (name in _GOOD_NAMES and value.isascii() and value.isprintable()):
+            _check_field(name, value)
         lowered = name.lower()
         content_lengths += lowered == "content-length"
         transfer_encoding |= lowered == "transfer-encoding"
@@ -157,6 +178,22 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
         raise BadRequest("Content-Length and Transfer-Encoding must not both be sent")
     if content_lengths > 1:
         raise BadRequest("Content-Length must be sent at most once")
+
+
+def _check_field(name: str, value: str) -> None:
+    if name not in _GOOD_NAMES:
+        if not _TOKEN.fullmatch(name):
+            raise BadRequest("a header name is not a valid token")
+        if len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+            _GOOD_NAMES.add(name)
+    # Printable ASCII is valid UTF-8 without control characters: the slow checks are for the
+    # rest (a tab is allowed but not printable, so it takes the slow way too).
+    if value.isascii() and value.isprintable():
+        return
+    if _CONTROL.search(value):
+        raise BadRequest(f"the {name} header contains a control character (CR, LF, NUL, ...)")
+    if not _is_utf8(value):
+        raise BadRequest(f"the {name} header is not valid UTF-8")
 
 
 def _is_utf8(value: str) -> bool:

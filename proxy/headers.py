@@ -7,7 +7,7 @@ proxy's replace them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
 from multidict import CIMultiDict, MultiMapping
@@ -66,18 +66,8 @@ def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
     )
 
 
-def _end_to_end(headers: MultiMapping[str], also_drop: frozenset[str]) -> Iterable[tuple[str, str]]:
-    drop = HOP_BY_HOP | connection_tokens(headers) | also_drop
-    return ((name, value) for name, value in headers.items() if name.lower() not in drop)
-
-
-def _without_proxy_cookies(headers: Iterable[tuple[str, str]]) -> Iterable[tuple[str, str]]:
-    for name, value in headers:
-        if name.lower() == "cookie":
-            value = without_cookies(value, PROXY_COOKIES)  # noqa: PLW2901 - the cleaned value
-            if not value:  # it held only ours
-                continue
-        yield name, value
+# Precomputed: the names every request and every answer drops, before any `Connection` tokens.
+_DROP_UPSTREAM: Final = HOP_BY_HOP | _NOT_FORWARDED_UPSTREAM
 
 
 def upstream_request_headers(
@@ -94,23 +84,57 @@ def upstream_request_headers(
 
     `request_id` replaces whatever `X-Request-Id` the client sent (the proxy keeps a sane one
     and makes up a new one otherwise), so both logs name the same request.
+
+    One pass over the client's fields (this runs for every request): what is dropped, what is
+    rebuilt (X-Forwarded-For, Via) and what is cleaned (Cookie) is decided per field.
     """
-    out: CIMultiDict[str] = CIMultiDict(_without_proxy_cookies(
-        _end_to_end(inbound, _NOT_FORWARDED_UPSTREAM)
-    ))
+    drop = _DROP_UPSTREAM
+    if "Connection" in inbound:
+        drop = drop | connection_tokens(inbound)
+    out, forwarded_for, via = _client_fields(
+        inbound, drop, rebuild_forwarded_for=bool(client_address)
+    )
+    add = out.add
     if client_address:
-        forwarded_for = ", ".join([*out.popall("X-Forwarded-For", []), client_address])
-        out["X-Forwarded-For"] = forwarded_for
-    out["X-Forwarded-Proto"] = scheme
+        forwarded_for.append(client_address)
+        add("X-Forwarded-For", ", ".join(forwarded_for))
+    add("X-Forwarded-Proto", scheme)
     if host:
-        out["X-Forwarded-Host"] = host
-    out["Via"] = ", ".join([*out.popall("Via", []), VIA])
+        add("X-Forwarded-Host", host)
+    via.append(VIA)
+    add("Via", ", ".join(via))
     for name, value in defaults.items():
         out.setdefault(name, value)
     if request_id is not None:
         out[REQUEST_ID] = request_id
     out.update(credentials)
     return out
+
+
+def _client_fields(
+    inbound: MultiMapping[str], drop: frozenset[str], *, rebuild_forwarded_for: bool
+) -> tuple[CIMultiDict[str], list[str], list[str]]:
+    """The client's fields that go on as they are; and the X-Forwarded-For (when it is rebuilt)
+    and Via values, which are extended."""
+    out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
+    forwarded_for: list[str] = []
+    via: list[str] = []
+    for name, value in inbound.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "x-forwarded-for" and rebuild_forwarded_for:
+            forwarded_for.append(value)
+        elif lower == "via":
+            via.append(value)
+        elif lower == "cookie":
+            cleaned = without_cookies(value, PROXY_COOKIES)
+            if cleaned:  # else it held only ours
+                add(name, cleaned)
+        else:
+            add(name, value)
+    return out, forwarded_for, via
 
 
 def client_response_headers(
@@ -121,11 +145,26 @@ def client_response_headers(
     A `Location` under `upstream_base` is rewritten to the same place under `public_base` (as
     nginx's `proxy_redirect default` does), so a redirect keeps the client on the proxy.
     """
-    out: CIMultiDict[str] = CIMultiDict(_end_to_end(upstream, frozenset()))
-    out["Via"] = ", ".join([*out.popall("Via", []), VIA])
-    location = out.get("Location")
-    if location is not None and upstream_base:
-        out["Location"] = rewrite_location(location, upstream_base, public_base)
+    drop = HOP_BY_HOP
+    if "Connection" in upstream:
+        drop = drop | connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
+    via: list[str] = []
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "via":
+            via.append(value)
+        else:
+            add(name, value)
+    via.append(VIA)
+    add("Via", ", ".join(via))
+    if upstream_base:
+        location = out.get("Location")
+        if location is not None:
+            out["Location"] = rewrite_location(location, upstream_base, public_base)
     return out
 
 

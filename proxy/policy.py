@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -218,6 +219,11 @@ def source_address(remote: str | None) -> IPAddress | None:
     """The peer address as an IP (an IPv4-mapped IPv6 address as IPv4); None if not an IP."""
     if not remote:
         return None
+    return _parse_source(remote)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few peers send request after request
+def _parse_source(remote: str) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(remote.split("%", 1)[0])  # drop an IPv6 zone id
     except ValueError:

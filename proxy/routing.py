@@ -6,7 +6,7 @@ and query strings reach the upstream byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container
 
 
 def split_target(raw_target: str) -> tuple[str, str]:
@@ -15,15 +15,22 @@ def split_target(raw_target: str) -> tuple[str, str]:
     return path, mark + query
 
 
-def match_prefix(prefixes: Sequence[str], path: str) -> str | None:
-    """The longest prefix (each ends with "/") that serves `path`; "/acme/" also serves "/acme"."""
-    best: str | None = None
-    for prefix in prefixes:
-        if (path.startswith(prefix) or path == prefix[:-1]) and (
-            best is None or len(prefix) > len(best)
-        ):
-            best = prefix
-    return best
+def match_prefix(prefixes: Container[str], path: str) -> str | None:
+    """The longest prefix (each ends with "/") that serves `path`; "/acme/" also serves "/acme".
+
+    A prefix that serves `path` is `path + "/"` or `path` cut just after one of its slashes, so
+    those candidates are looked up, longest first: as many lookups as the path has segments,
+    however many connections there are (pass a set or a dict).
+    """
+    candidate = path + "/"
+    if candidate in prefixes:
+        return candidate
+    end = len(path)
+    while (end := path.rfind("/", 0, end)) >= 0:
+        candidate = path[: end + 1]
+        if candidate in prefixes:
+            return candidate
+    return None
 
 
 def upstream_url(upstream: str, prefix: str, raw_target: str) -> str:

@@ -23,11 +23,11 @@ class ProxyState:
     connections: dict[str, Connection]
     clock: Callable[[], float]
     by_prefix: dict[str, Connection] = field(init=False)
-    prefixes: tuple[str, ...] = field(init=False)
+    prefixes: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.by_prefix = {c.settings.prefix: c for c in self.connections.values()}
-        self.prefixes = tuple(self.by_prefix)
+        self.prefixes = frozenset(self.by_prefix)
 
 
 PROXY_STATE = web.AppKey("proxy_state", ProxyState)

@@ -40,7 +40,7 @@ from typing import Final, cast
 from urllib.parse import urlsplit
 
 import httptools
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, MultiMapping
 
 HIGH_WATER: Final = 256 * 1024  # unread answer bytes before the socket is paused
 LOW_WATER: Final = 64 * 1024  # ... and resumed
@@ -114,9 +114,8 @@ class _Outgoing:
 class _Message:
     """The answer being parsed: what llhttp reported so far."""
 
-    status: int = 0
-    reason: str = ""
-    headers: list[tuple[str, str]] = field(default_factory=list)
+    reason: bytes = b""
+    raw_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 class Response:
@@ -185,6 +184,7 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._read_paused = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._read_timeout = 0.0
         self._last_read = 0.0
         self._head_only = False  # HEAD: the answer has no body whatever its headers say
@@ -239,13 +239,10 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks ---------------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
-        self._message.reason = status.decode("utf-8", "surrogateescape")
+        self._message.reason = status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # aiohttp's server reads header bytes the same way, so they are written back as sent
-        self._message.headers.append(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        self._message.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -253,7 +250,11 @@ class _Connection(asyncio.Protocol):
             self._message = _Message()
             return
         message = self._message
-        headers = CIMultiDictProxy(CIMultiDict(message.headers))
+        # aiohttp's server reads header bytes the same way, so they are written back as sent
+        headers = CIMultiDictProxy(CIMultiDict([
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in message.raw_headers
+        ]))
         self.keep_alive = self._parser.should_keep_alive()
         self._until_close = (
             status not in (204, 304)
@@ -265,7 +266,8 @@ class _Connection(asyncio.Protocol):
             self.keep_alive = False
         head = self._head
         if head is not None and not head.done():
-            head.set_result(Response(self, status, message.reason, headers))
+            reason = message.reason.decode("utf-8", "surrogateescape")
+            head.set_result(Response(self, status, reason, headers))
         if self._head_only:
             # llhttp does not know the request was HEAD; the message ends here, and anything
             # after it on this connection would be misread: it is not used again.
@@ -346,7 +348,6 @@ class _Connection(asyncio.Protocol):
         if self.released:
             return
         self.released = True
-        self._cancel_timer()
         if (self.message_complete and self.keep_alive and self.request_sent
                 and not self.closed and self._error is None and not self._chunks):
             self._reset()
@@ -381,7 +382,6 @@ class _Connection(asyncio.Protocol):
 
     def _message_done(self) -> None:
         self.message_complete = True
-        self._cancel_timer()
         self._wake()
 
     def _ended(self, exc: BaseException | None = None) -> None:
@@ -416,10 +416,22 @@ class _Connection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def _arm_timer(self) -> None:
-        if self._timer is None and self._read_timeout > 0:
-            self._timer = self._loop.call_at(
-                self._last_read + self._read_timeout, self._check_timeout
-            )
+        """Make sure the timer fires by the current deadline.
+
+        One timer per connection, moved lazily: it is not cancelled when an answer ends, nor
+        moved when data arrives; when it fires, it looks at the time of the last read and goes
+        back to sleep if the deadline moved on. So a busy connection costs one timer per
+        `read_timeout`, not one per request or per read.
+        """
+        if self._read_timeout <= 0:
+            return
+        deadline = self._last_read + self._read_timeout
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline, self._check_timeout)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
@@ -427,7 +439,6 @@ class _Connection(asyncio.Protocol):
             self._timer = None
 
     def _check_timeout(self) -> None:
-        """One timer per connection, moved lazily: data that arrived meanwhile pushes it on."""
         self._timer = None
         waiting = (self._head is not None and not self._head.done()) or (
             self._chunk_waiter is not None and not self._read_paused
@@ -438,6 +449,7 @@ class _Connection(asyncio.Protocol):
         if self._loop.time() >= deadline:
             self._fail(ReadTimeout(f"no answer for {self._read_timeout:g} s"))
         else:
+            self._timer_at = deadline
             self._timer = self._loop.call_at(deadline, self._check_timeout)
 
 
@@ -467,7 +479,7 @@ class Pool:
         origin: Origin,
         method: str,
         target: str,
-        headers: Iterable[tuple[str, str]],
+        headers: MultiMapping[str],
         body: Body = None,
         *,
         connect_timeout: float,
@@ -476,7 +488,8 @@ class Pool:
         """Send one request; the answer comes back once its headers have arrived.
 
         `target` is the request target as it goes on the wire (origin-form); `headers` must not
-        carry Host, Content-Length or Transfer-Encoding: they are this client's to write.
+        carry Host or Transfer-Encoding, and a Content-Length in them counts only for a streamed
+        body: framing is this client's to write.
         """
         if self._closed:
             raise ConnectError("the upstream pool is closed")
@@ -609,7 +622,7 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes], *, chunked: 
 
 
 def _request_head(
-    method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: Body
+    method: str, target: str, host: str, headers: MultiMapping[str], body: Body
 ) -> tuple[bytes, bool]:
     """The request line and header block; and whether the body's length is fixed in it.
 
@@ -617,13 +630,11 @@ def _request_head(
     Content-Length when it sent one, else goes chunked. No body, on a method that defines one,
     says Content-Length: 0.
     """
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}"]
-    length: str | None = None
-    for name, value in headers:
-        if len(name) == 14 and name.lower() == "content-length":
-            length = value
-            continue
-        lines.append(f"{name}: {value}")
+    length = headers.get("Content-Length")
+    fields: Iterable[tuple[str, str]] = headers.items()
+    if length is not None:
+        fields = [(name, value) for name, value in fields if name.lower() != "content-length"]
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}", *map(": ".join, fields)]
     fixed = True
     if isinstance(body, bytes):
         lines.append(f"Content-Length: {len(body)}")
@@ -637,7 +648,7 @@ def _request_head(
         lines.append("Content-Length: 0")
     text = "\r\n".join(lines)
     # One check for the whole block: a CR or LF inside a name or value would start a new line.
-    if text.count("\n") != len(lines) - 1 or text.count("\r") != len(lines) - 1:
+    breaks = len(lines)  # the request line and Host share the first entry
+    if text.count("\n") != breaks or text.count("\r") != breaks:
         raise ValueError("a request header contains a line break")
     return (text + "\r\n\r\n").encode("utf-8", "surrogateescape"), fixed
-

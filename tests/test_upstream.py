@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from multidict import CIMultiDict
 
 from proxy.upstream import (
     ConnectError,
@@ -39,6 +40,7 @@ class Timeouts(TypedDict):
 
 
 TIMEOUTS: Timeouts = {"connect_timeout": 5.0, "read_timeout": 5.0}
+NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 MB = 1024 * 1024
 
 
@@ -76,7 +78,8 @@ def test_request_head(
         yield b"x"
 
     real_body = stream() if body == "stream" else body
-    head, is_fixed = _request_head(method, "/t", "up", headers, real_body)  # type: ignore[arg-type]
+    head, is_fixed = _request_head(method, "/t", "up", CIMultiDict(headers),
+                                   real_body)  # type: ignore[arg-type]
     assert head == ("\r\n".join(expected_lines) + "\r\n\r\n").encode()
     assert is_fixed is fixed
 
@@ -87,7 +90,7 @@ def test_request_head(
 )
 def test_a_line_break_in_a_header_is_refused(name: str, value: str) -> None:
     with pytest.raises(ValueError, match="line break"):
-        _request_head("GET", "/", "up", [(name, value)], None)
+        _request_head("GET", "/", "up", CIMultiDict([(name, value)]), None)
 
 
 @pytest.mark.parametrize(
@@ -211,8 +214,9 @@ async def upstream() -> AsyncIterator[Upstream]:
 
 
 async def test_an_answer_with_status_headers_and_body(pool: Pool, upstream: Upstream) -> None:
-    response = await pool.request(upstream.origin, "POST", "/echo?a=%2F", [("X-A", "1")],
-                                  b"hello", **TIMEOUTS)
+    headers = CIMultiDict([("X-A", "1")])
+    response = await pool.request(upstream.origin, "POST", "/echo?a=%2F", headers, b"hello",
+                                  **TIMEOUTS)
     body = await response.read()
     response.release()
     assert response.status == 200
@@ -228,7 +232,7 @@ async def test_an_answer_with_status_headers_and_body(pool: Pool, upstream: Upst
 
 async def test_a_connection_is_kept_alive_and_reused(pool: Pool, upstream: Upstream) -> None:
     for _ in range(3):
-        response = await pool.request(upstream.origin, "GET", "/echo", [], **TIMEOUTS)
+        response = await pool.request(upstream.origin, "GET", "/echo", NO_HEADERS, **TIMEOUTS)
         await response.read()
         response.release()
     assert len(set(upstream.peers)) == 1
@@ -237,7 +241,7 @@ async def test_a_connection_is_kept_alive_and_reused(pool: Pool, upstream: Upstr
 
 async def test_concurrent_requests_each_get_a_connection(pool: Pool, upstream: Upstream) -> None:
     async def one() -> bytes:
-        response = await pool.request(upstream.origin, "GET", "/echo", [], **TIMEOUTS)
+        response = await pool.request(upstream.origin, "GET", "/echo", NO_HEADERS, **TIMEOUTS)
         try:
             return await response.read()
         finally:
@@ -251,24 +255,25 @@ async def test_concurrent_requests_each_get_a_connection(pool: Pool, upstream: U
 async def test_an_answer_not_read_to_its_end_closes_its_connection(
     pool: Pool, upstream: Upstream
 ) -> None:
-    response = await pool.request(upstream.origin, "GET", f"/download/{4 * MB}", [], **TIMEOUTS)
+    response = await pool.request(upstream.origin, "GET", f"/download/{4 * MB}", NO_HEADERS,
+                                  **TIMEOUTS)
     response.release()
     assert pool.idle_count(upstream.origin) == 0
-    response = await pool.request(upstream.origin, "GET", "/echo", [], **TIMEOUTS)
+    response = await pool.request(upstream.origin, "GET", "/echo", NO_HEADERS, **TIMEOUTS)
     await response.read()
     response.release()
     assert pool.idle_count(upstream.origin) == 1
 
 
 async def test_a_chunked_answer_is_reassembled(pool: Pool, upstream: Upstream) -> None:
-    response = await pool.request(upstream.origin, "GET", "/chunked", [], **TIMEOUTS)
+    response = await pool.request(upstream.origin, "GET", "/chunked", NO_HEADERS, **TIMEOUTS)
     assert await response.read() == b"one,two,three"
     response.release()
     assert pool.idle_count(upstream.origin) == 1
 
 
 async def test_head_has_no_body_whatever_its_length_says(pool: Pool, upstream: Upstream) -> None:
-    response = await pool.request(upstream.origin, "HEAD", "/head", [], **TIMEOUTS)
+    response = await pool.request(upstream.origin, "HEAD", "/head", NO_HEADERS, **TIMEOUTS)
     assert response.headers["Content-Length"] == "42"
     assert await asyncio.wait_for(response.read(), 2) == b""
     response.release()
@@ -288,7 +293,7 @@ async def test_a_large_upload_streams_with_flat_memory(
     pool: Pool, upstream: Upstream, with_length: bool
 ) -> None:
     total = 40 * MB
-    headers = [("Content-Length", str(total))] if with_length else []
+    headers = CIMultiDict([("Content-Length", str(total))] if with_length else [])
     tracemalloc.start()
     try:
         response = await pool.request(upstream.origin, "PUT", "/echo", headers,
@@ -310,7 +315,7 @@ async def test_a_large_download_streams_with_flat_memory(pool: Pool, upstream: U
     total = 40 * MB
     tracemalloc.start()
     try:
-        response = await pool.request(upstream.origin, "GET", f"/download/{total}", [],
+        response = await pool.request(upstream.origin, "GET", f"/download/{total}", NO_HEADERS,
                                       **TIMEOUTS)
         received = 0
         async for chunk in response.iter_chunks():
@@ -328,7 +333,7 @@ async def test_a_large_download_streams_with_flat_memory(pool: Pool, upstream: U
 async def test_an_early_answer_during_an_upload_is_returned_and_not_reused(
     pool: Pool, upstream: Upstream
 ) -> None:
-    response = await pool.request(upstream.origin, "POST", "/refuse", [],
+    response = await pool.request(upstream.origin, "POST", "/refuse", NO_HEADERS,
                                   _chunks(64 * MB), **TIMEOUTS)
     assert response.status == 413
     await response.read()
@@ -338,14 +343,29 @@ async def test_an_early_answer_during_an_upload_is_returned_and_not_reused(
 
 async def test_a_silent_upstream_is_a_read_timeout(pool: Pool, upstream: Upstream) -> None:
     with pytest.raises(ReadTimeout):
-        await pool.request(upstream.origin, "GET", "/slow", [], connect_timeout=5,
+        await pool.request(upstream.origin, "GET", "/slow", NO_HEADERS, connect_timeout=5,
                            read_timeout=0.2)
     await asyncio.wait_for(upstream.cancelled.wait(), 5)  # the connection was closed
 
 
+async def test_a_reused_connection_keeps_to_each_requests_read_timeout(
+    pool: Pool, upstream: Upstream
+) -> None:
+    response = await pool.request(upstream.origin, "GET", "/echo", NO_HEADERS, connect_timeout=5,
+                                  read_timeout=30)
+    await response.read()
+    response.release()
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ReadTimeout):  # the same connection, a shorter timeout: it still holds
+        await pool.request(upstream.origin, "GET", "/slow", NO_HEADERS, connect_timeout=5,
+                           read_timeout=0.2)
+    assert asyncio.get_running_loop().time() - started < 5
+    assert len(set(upstream.peers)) == 1
+
+
 async def test_a_body_that_stalls_is_a_read_timeout(pool: Pool, upstream: Upstream) -> None:
-    response = await pool.request(upstream.origin, "GET", "/stall-body", [], connect_timeout=5,
-                                  read_timeout=0.2)
+    response = await pool.request(upstream.origin, "GET", "/stall-body", NO_HEADERS,
+                                  connect_timeout=5, read_timeout=0.2)
     with pytest.raises(ReadTimeout):
         await response.read()
     response.release()
@@ -353,7 +373,8 @@ async def test_a_body_that_stalls_is_a_read_timeout(pool: Pool, upstream: Upstre
 
 
 async def test_a_cancelled_request_closes_its_connection(pool: Pool, upstream: Upstream) -> None:
-    task = asyncio.create_task(pool.request(upstream.origin, "GET", "/slow", [], **TIMEOUTS))
+    task = asyncio.create_task(
+        pool.request(upstream.origin, "GET", "/slow", NO_HEADERS, **TIMEOUTS))
     await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -364,7 +385,7 @@ async def test_a_cancelled_request_closes_its_connection(pool: Pool, upstream: U
 
 async def test_a_refused_connection_is_a_connect_error(pool: Pool) -> None:
     with pytest.raises(ConnectError) as caught:
-        await pool.request(Origin.parse("http://127.0.0.1:9"), "GET", "/", [], **TIMEOUTS)
+        await pool.request(Origin.parse("http://127.0.0.1:9"), "GET", "/", NO_HEADERS, **TIMEOUTS)
     assert not isinstance(caught.value, TimeoutError)
 
 
@@ -439,18 +460,18 @@ async def test_a_stale_connection_is_retried_only_when_that_is_safe(
     stale = StaleAfterFirst()
     server, origin = await _raw_server(stale)
     async with server:
-        first = await pool.request(origin, "GET", "/first", [], **TIMEOUTS)
+        first = await pool.request(origin, "GET", "/first", NO_HEADERS, **TIMEOUTS)
         assert await first.read() == b"ok"
         first.release()
         assert pool.idle_count(origin) == 1
         if retried:
-            second = await pool.request(origin, method, "/second", [], body, **TIMEOUTS)
+            second = await pool.request(origin, method, "/second", NO_HEADERS, body, **TIMEOUTS)
             assert second.status == 200
             second.release()
             assert stale.connections == 2
         else:
             with pytest.raises(ProtocolError):
-                await pool.request(origin, method, "/second", [], body, **TIMEOUTS)
+                await pool.request(origin, method, "/second", NO_HEADERS, body, **TIMEOUTS)
             assert stale.connections == 1
 
 
@@ -458,11 +479,11 @@ async def test_a_streamed_body_is_never_sent_twice(pool: Pool) -> None:
     stale = StaleAfterFirst()
     server, origin = await _raw_server(stale)
     async with server:
-        first = await pool.request(origin, "GET", "/first", [], **TIMEOUTS)
+        first = await pool.request(origin, "GET", "/first", NO_HEADERS, **TIMEOUTS)
         await first.read()
         first.release()
         with pytest.raises(ProtocolError):
-            await pool.request(origin, "PUT", "/second", [("Content-Length", "4")],
+            await pool.request(origin, "PUT", "/second", CIMultiDict([("Content-Length", "4")]),
                                _chunks(4), **TIMEOUTS)
         assert stale.connections == 1
 
@@ -482,7 +503,7 @@ async def test_a_connection_the_upstream_closed_while_idle_is_not_used(pool: Poo
     server, origin = await _raw_server(close_after_answer)
     async with server:
         for _ in range(2):
-            response = await pool.request(origin, "POST", "/", [], b"x", **TIMEOUTS)
+            response = await pool.request(origin, "POST", "/", NO_HEADERS, b"x", **TIMEOUTS)
             assert await response.read() == b"ok"
             response.release()
             await asyncio.sleep(0.1)
@@ -498,7 +519,7 @@ async def test_interim_answers_are_skipped(pool: Pool) -> None:
 
     server, origin = await _raw_server(early_hints)
     async with server:
-        response = await pool.request(origin, "GET", "/", [], **TIMEOUTS)
+        response = await pool.request(origin, "GET", "/", NO_HEADERS, **TIMEOUTS)
         assert response.status == 200
         assert "Link" not in response.headers
         assert await response.read() == b"ok"
@@ -514,14 +535,14 @@ async def test_a_body_that_runs_until_close(pool: Pool) -> None:
 
     server, origin = await _raw_server(until_close)
     async with server:
-        response = await pool.request(origin, "GET", "/", [], **TIMEOUTS)
+        response = await pool.request(origin, "GET", "/", NO_HEADERS, **TIMEOUTS)
         assert await response.read() == b"all of it"
         response.release()
         assert pool.idle_count(origin) == 0
 
 
 async def _read_all(pool: Pool, origin: Origin) -> bytes:
-    response = await pool.request(origin, "GET", "/", [], **TIMEOUTS)
+    response = await pool.request(origin, "GET", "/", NO_HEADERS, **TIMEOUTS)
     try:
         return await response.read()
     finally:
@@ -557,7 +578,7 @@ async def test_a_handshake_that_never_ends_is_a_connect_timeout(pool: Pool) -> N
     port = server.sockets[0].getsockname()[1]
     async with server:
         with pytest.raises(ConnectTimeout):
-            await pool.request(Origin.parse(f"https://127.0.0.1:{port}"), "GET", "/", [],
+            await pool.request(Origin.parse(f"https://127.0.0.1:{port}"), "GET", "/", NO_HEADERS,
                                connect_timeout=0.3, read_timeout=5)
 
 
@@ -625,7 +646,7 @@ async def test_tls_with_a_trusted_certificate(tls_upstream: tuple[Upstream, Path
     try:
         origin = Origin.parse(f"https://127.0.0.1:{upstream.origin.port}")
         for _ in range(2):
-            response = await pool.request(origin, "GET", "/echo", [], **TIMEOUTS)
+            response = await pool.request(origin, "GET", "/echo", NO_HEADERS, **TIMEOUTS)
             assert response.status == 200
             await response.read()
             response.release()
@@ -643,7 +664,7 @@ async def test_tls_refuses_a_certificate_it_cannot_verify(
     try:
         with pytest.raises(ConnectError, match="SSLCertVerificationError"):
             await pool.request(Origin.parse(f"https://{host}:{upstream.origin.port}"), "GET",
-                               "/echo", [], **TIMEOUTS)
+                               "/echo", NO_HEADERS, **TIMEOUTS)
         assert upstream.peers == []
     finally:
         await pool.close()
@@ -658,7 +679,7 @@ async def test_tls_refuses_a_trusted_certificate_for_another_name(tmp_path: Path
     try:
         with pytest.raises(ConnectError, match="SSLCertVerificationError"):
             await pool.request(Origin.parse(f"https://127.0.0.1:{server.port}"), "GET",
-                               "/echo", [], **TIMEOUTS)
+                               "/echo", NO_HEADERS, **TIMEOUTS)
         assert upstream.peers == []
     finally:
         await pool.close()
