@@ -16,7 +16,7 @@ test: $(STAMP) system-deps lint typecheck unit
 setup: $(STAMP) system-deps
 
 lint: $(STAMP)
-	$(BIN)/ruff check proxy tests
+	$(BIN)/ruff check proxy tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

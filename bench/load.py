@@ -1,3 +1,4 @@
+# ruff: noqa: INP001, S603 - a script of bench/ (not a package) that starts the programs it measures
 """Load generators, each bounded in time and count, loopback only.
 
 - `wrk_run`: wrk with a JSON reporter (throughput, percentiles), plus the CPU time the target's
@@ -21,7 +22,6 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
-
 from servers import cpu_seconds, program
 
 LUA: Final = Path(__file__).resolve().parent / "wrk_json.lua"

@@ -1,3 +1,4 @@
+# ruff: noqa: INP001 - a script of bench/, not part of a package
 """Medians, ratios and the targets, from a results file: standard library only.
 
 Used by run.py (to print the table at the end of a run), by chart.py (bench venv), and by hand:
@@ -160,7 +161,11 @@ def _memory_lines(results: Mapping[str, Any]) -> list[str]:
     lines = []
     memory = results.get("memory", {})
     if "idle_rss" in memory:
-        lines.append(f"RSS idle (3 connections, linked): {memory['idle_rss'] / MB:.1f} MB")
+        lines.append(f"RSS of a fresh proxy, idle (3 connections, linked): "
+                     f"{memory['idle_rss'] / MB:.1f} MB")
+    if "rss_after_load" in memory:
+        lines.append(f"RSS of the proxy the throughput runs used, afterwards: "
+                     f"{memory['rss_after_load'] / MB:.1f} MB")
     for direction in ("download", "upload"):
         stream = memory.get(direction)
         if stream:

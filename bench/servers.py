@@ -1,3 +1,4 @@
+# ruff: noqa: INP001, S603 - a script of bench/ (not a package) that starts the programs it measures
 """The processes a benchmark run starts on loopback, their configuration, and /proc readings.
 
 Everything is written into one temporary directory (certificates, nginx and proxy configs,
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
@@ -446,10 +448,8 @@ def versions() -> dict[str, str]:
 
         found["aiohttp"] = _aiohttp.__version__
     try:
-        import uvloop  # type: ignore[import-not-found, unused-ignore]  # noqa: PLC0415
-
-        found["uvloop"] = str(uvloop.__version__)
-    except ImportError:
+        found["uvloop"] = importlib.metadata.version("uvloop")
+    except importlib.metadata.PackageNotFoundError:
         found["uvloop"] = "not installed"
     return found
 
