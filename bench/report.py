@@ -19,7 +19,8 @@ NGINX = "nginx"
 PROXY = "nmbrs-proxy"
 MITM = "mitmproxy"
 DIRECT = "direct"
-TARGET_ORDER = (DIRECT, NGINX, PROXY, MITM)
+FLOOR = "aiohttp-floor"  # a bare aiohttp app answering by itself: no proxying at all
+TARGET_ORDER = (DIRECT, NGINX, FLOOR, PROXY, MITM)
 MB = 1024 * 1024
 
 

@@ -226,6 +226,14 @@ async def start_everything(bench: Bench) -> None:
         bench.pending.append("nmbrs-proxy with 2 processes: `serve --workers N` does not exist "
                              "yet in this tree")
 
+    # The floor: a bare aiohttp app answering the JSON itself (no upstream, nothing of ours).
+    floor = bench.procs.start("aiohttp-floor", [
+        sys.executable, str(ROOT / "bench" / "floor.py"), str(bench.port("floor")),
+        str(work / "www" / "companies.json")])
+    await wait_http(bench.url("floor", JSON_PATH), proc=floor)
+    bench.targets.append(Target(report.FLOOR, 1, {"plain": bench.url("floor", JSON_PATH)},
+                                floor))
+
     binary = mitmdump()
     if binary is None:
         bench.pending.append("mitmproxy: bench/.venv/bin/mitmdump is not installed")
@@ -276,7 +284,7 @@ async def throughput(bench: Bench) -> dict[str, Any]:
             wrk_run(url, connections=64, seconds=1, headers=target.headers)
     plan = cells(args)
     for index, (upstream, connections, processes) in enumerate(plan):
-        chosen = [t for t in bench.targets if t.processes == processes]
+        chosen = [t for t in bench.targets if t.processes == processes and upstream in t.urls]
         for round_index in range(args.rounds):
             if time.monotonic() > deadline:
                 log("time budget spent: the remaining throughput runs are skipped")

@@ -152,9 +152,11 @@ class Processes:
     ) -> Proc:
         log = self.workdir / f"{name}.log"
         handle = log.open("ab")
+        # This tree's `proxy`, whatever the interpreter has installed.
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         popen = subprocess.Popen(
             list(argv), stdin=stdin, stdout=handle if stdout is None else stdout,
-            stderr=handle, env={**os.environ, **(env or {})}, cwd=ROOT,
+            stderr=handle, env={**os.environ, "PYTHONPATH": path, **(env or {})}, cwd=ROOT,
         )
         handle.close()
         proc = Proc(name, popen, log)
@@ -394,7 +396,7 @@ def proxy_supports_workers() -> bool:
     """Whether `serve --workers N` exists yet (it arrives with the shared token store)."""
     result = subprocess.run(
         [sys.executable, "-m", "proxy", "serve", "--help"], capture_output=True, text=True,
-        cwd=ROOT, check=False,
+        cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     return "--workers" in result.stdout
 

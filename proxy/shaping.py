@@ -25,6 +25,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from proxy.errors import TooManyRequests
 
@@ -81,6 +82,10 @@ class Permit:
             release()
 
 
+# The permit of a connection without a concurrency limit: it holds nothing, so one serves all.
+_FREE: Final = Permit()
+
+
 class Shaper:
     def __init__(
         self,
@@ -127,6 +132,9 @@ class Shaper:
             )
 
     async def admit(self) -> Permit:
+        if (self._slots is None and self._bucket is None and not self._in_line
+                and self.waiting < self._max_queue and self._clock() >= self._paused_until):
+            return _FREE  # nothing to wait for and nothing to hold (most connections)
         deadline = self._clock() + self._max_wait
         if self.waiting >= self._max_queue:
             raise self._refuse(f"{self.waiting} requests are waiting already",

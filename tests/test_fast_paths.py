@@ -11,6 +11,7 @@ from proxy import guard
 from proxy.errors import BadRequest, HeadersTooLarge
 from proxy.policy import _parse_source, source_address
 from proxy.routing import match_prefix
+from proxy.shaping import Shaper
 
 
 def _longest_match(prefixes: list[str], path: str) -> str | None:
@@ -127,3 +128,15 @@ def test_source_address_is_remembered_and_stays_right(
     for _ in range(2):
         found = source_address(remote)
         assert (None if found is None else str(found)) == expected
+
+
+
+async def test_an_unshaped_connection_admits_at_once_and_its_permit_holds_nothing() -> None:
+    """The shortcut for a connection without rate or concurrency limits (the pause after a 429
+    still holds: tests/test_shaping.py, test_a_pause_holds_every_request_until_it_ends)."""
+    gate = Shaper("c")
+    permits = [await gate.admit() for _ in range(3)]
+    for permit in permits:
+        permit.release()
+        permit.release()  # idempotent
+    assert (gate.waiting, gate.counters.delayed, gate.counters.throttled) == (0, 0, 0)
