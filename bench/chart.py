@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 
 COLOURS = {report.DIRECT: "#9e9e9e", report.NGINX: "#2e7d32", report.FLOOR: "#90caf9",
+           report.BEFORE: "#b0bec5",
            report.PROXY: "#1565c0", report.MITM: "#ef6c00"}
 
 

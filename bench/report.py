@@ -20,7 +20,8 @@ PROXY = "nmbrs-proxy"
 MITM = "mitmproxy"
 DIRECT = "direct"
 FLOOR = "aiohttp-floor"  # a bare aiohttp app answering by itself: no proxying at all
-TARGET_ORDER = (DIRECT, NGINX, FLOOR, PROXY, MITM)
+BEFORE = "before"  # nmbrs-proxy from another tree (--before), e.g. main without a change
+TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, MITM)
 MB = 1024 * 1024
 
 
@@ -144,6 +145,19 @@ def table(results: Mapping[str, Any]) -> str:
         lines.append(f"pending: {pending}")
     lines.append("")
     lines += _memory_lines(results)
+    layer_runs = results.get("layers", {}).get("runs", [])
+    if layer_runs:
+        lines.append("layers (c=64, plain; medians): what each part of the proxy costs")
+        names = list(dict.fromkeys(run["target"] for run in layer_runs))
+        nginx = _median(r["rps"] for r in layer_runs if r["target"] == NGINX)
+        for name in names:
+            mine = [r for r in layer_runs if r["target"] == name]
+            rps = _median(r["rps"] for r in mine) or 0.0
+            per_request = _median(r["cpu_us_per_request"] for r in mine) or 0.0
+            ratio = f"{rps / nginx:.2f}x nginx" if nginx else ""
+            lines.append(f"  {name:<18} {rps:>8.0f} req/s  {per_request:>5.0f} us CPU/req  "
+                         f"{ratio}")
+        lines.append("")
     prof = results.get("profile")
     if prof:
         lines.append(f"profile ({prof['samples']} samples at {prof['rps']:.0f} req/s): "

@@ -71,7 +71,7 @@ from servers import (
 from servers import link as link_connection
 
 ALL_PARTS: Final = ("throughput", "memory", "startup", "connections", "refresh", "expiry")
-EXTRA_PARTS: Final = ("profile",)  # on request only: `--only profile`
+EXTRA_PARTS: Final = ("layers", "profile")  # on request only: `--only ...,layers,profile`
 MB: Final = 1024 * 1024
 SAMPLE_SECONDS: Final = 0.05
 
@@ -142,7 +142,7 @@ class Bench:
 
     async def start_proxy(
         self, name: str, connections: Sequence[Conn], *, workers: int = 1,
-        preload: str | None = None, expired: bool = False,
+        preload: str | None = None, expired: bool = False, root: Path = ROOT,
     ) -> tuple[Proc, Path]:
         """A proxy with a generated config; `preload`: tokens minted by that identity service."""
         directory = self.workdir / name
@@ -155,7 +155,8 @@ class Bench:
             })
         config = proxy_conf(directory / "config.toml", port=self.port(name), store=store,
                             connections=connections)
-        proc = self.procs.start(name, proxy_argv(config, workers=workers), env=self.proxy_env)
+        proc = self.procs.start(name, proxy_argv(config, workers=workers),
+                                env={**self.proxy_env, "PYTHONPATH": str(root)}, cwd=root)
         await wait_http(self.url(name, "/_proxy/healthz"), proc=proc)
         return proc, config
 
@@ -214,6 +215,16 @@ async def start_everything(bench: Bench) -> None:
     bench.targets.append(Target(report.PROXY, 1, {
         "plain": bench.url("proxy1", JSON_PATH), "tls": bench.url("proxy1", f"/tls{JSON_PATH}")},
         proxy1, (KEY_HEADER,)))
+
+    if bench.args.before is not None:
+        # The same proxy from another tree (e.g. main before a change), same config, same run.
+        before_root = bench.args.before.resolve()
+        proc, _ = await bench.start_proxy("before", bench.conns(), preload="idp",
+                                          root=before_root)
+        await wait_http(bench.url("before", "/_proxy/readyz"), proc=proc)
+        bench.targets.append(Target(report.BEFORE, 1, {
+            "plain": bench.url("before", JSON_PATH),
+            "tls": bench.url("before", f"/tls{JSON_PATH}")}, proc, (KEY_HEADER,)))
 
     if proxy_supports_workers():
         # Workers load the store at start: it is preloaded with tokens minted by the sandbox.
@@ -507,6 +518,50 @@ async def expiry(bench: Bench) -> dict[str, Any]:
     return result
 
 
+# --- layers -------------------------------------------------------------------------------
+
+
+LAYER_VARIANTS: Final = ("minimal", "bare", "no-access", "no-audit", "full")
+
+
+async def layers(bench: Bench) -> dict[str, Any]:
+    """What each layer costs: the proxy with parts taken off (bench/layers.py), interleaved
+    with nginx and the aiohttp floor, c=64, plain upstream."""
+    args = bench.args
+    targets = [t for t in bench.targets
+               if t.processes == 1 and t.name in {report.NGINX, report.FLOOR}]
+    conns = [Conn("plain", "/", bench.url("upstream"), bench.url("idp"))]
+    for variant in LAYER_VARIANTS:
+        name = f"layer-{variant}"
+        directory = bench.workdir / name
+        directory.mkdir()
+        store = directory / "tokens.json"
+        await bench.control("idp", "/_bench/preload", {"path": str(store),
+                                                       "connections": ["plain"]})
+        config = proxy_conf(directory / "config.toml", port=bench.port(name), store=store,
+                            connections=conns)
+        proc = bench.procs.start(name, [sys.executable, str(ROOT / "bench" / "layers.py"),
+                                        variant, str(config), str(bench.port(name))],
+                                 env=bench.proxy_env)
+        await wait_http(bench.url(name, "/_proxy/healthz"), proc=proc)
+        targets.append(Target(f"layer:{variant}", 1, {"plain": bench.url(name, JSON_PATH)},
+                              proc, (KEY_HEADER,)))
+    for target in targets:
+        wrk_run(target.urls["plain"], connections=64, seconds=1, headers=target.headers)
+    runs = []
+    for round_index in range(args.rounds):
+        shift = round_index % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            result = wrk_run(target.urls["plain"], connections=64, seconds=args.duration,
+                             headers=target.headers, cpu_pids=target.pids())
+            runs.append({"target": target.name, "round": round_index, **result.to_json()})
+        log(f"layers: round {round_index + 1}/{args.rounds} done")
+    for target in targets:
+        if target.name.startswith("layer:") and target.proc is not None:
+            bench.procs.stop(target.proc)
+    return {"runs": runs}
+
+
 # --- profile --------------------------------------------------------------------------------
 
 
@@ -599,7 +654,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await start_everything(bench)
         parts = {"throughput": throughput, "memory": memory, "startup": startup,
                  "connections": many_connections, "refresh": refresh_under_load,
-                 "expiry": expiry, "profile": profile}
+                 "expiry": expiry, "layers": layers, "profile": profile}
         for name, part in parts.items():
             if name in args.only:
                 results[name] = await part(bench)
@@ -647,6 +702,9 @@ def _parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--expiry-idp-delay", type=float, default=1.0)
     parser.add_argument("--profile-seconds", type=float, default=10.0)
     parser.add_argument("--profile-top", type=int, default=40)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="another source tree of nmbrs-proxy (e.g. `git archive main`), "
+                             "measured in the same run as target 'before'")
     parser.add_argument("--keep-workdir", action="store_true")
     args = parser.parse_args(argv)
     args.only = [part.strip() for part in args.only.split(",") if part.strip()]
@@ -671,7 +729,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d-%H%M%S")
     path = args.out / f"bench-{stamp}.json"
-    path.write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1, default=str))
     latest = args.out / "latest.json"
     with contextlib.suppress(FileNotFoundError):
         latest.unlink()

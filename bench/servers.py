@@ -148,7 +148,7 @@ class Processes:
 
     def start(
         self, name: str, argv: Sequence[str], *, env: dict[str, str] | None = None,
-        stdin: int | None = subprocess.DEVNULL, stdout: int | None = None,
+        stdin: int | None = subprocess.DEVNULL, stdout: int | None = None, cwd: Path = ROOT,
     ) -> Proc:
         log = self.workdir / f"{name}.log"
         handle = log.open("ab")
@@ -156,7 +156,7 @@ class Processes:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         popen = subprocess.Popen(
             list(argv), stdin=stdin, stdout=handle if stdout is None else stdout,
-            stderr=handle, env={**os.environ, "PYTHONPATH": path, **(env or {})}, cwd=ROOT,
+            stderr=handle, env={**os.environ, "PYTHONPATH": path, **(env or {})}, cwd=cwd,
         )
         handle.close()
         proc = Proc(name, popen, log)

@@ -109,6 +109,8 @@ class _Attempts:
     async def after_answer(self, answer: Answer, token: str, key: int | None) -> float | None:
         """None: this answer goes to the client. Else: seconds to wait before the next try."""
         status, headers = answer.response.status, answer.response.headers
+        if status < 400:  # no refusal, nothing to retry (retried statuses are 429 and 5xx)
+            return None
         if rejects_token(status, headers, gateway_keyed=self.connection.gateway_keyed):
             return await self._token_refused(answer, token)
         keys = self.connection.keys
