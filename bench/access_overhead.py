@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script run by hand, not part of a package
 """What access control and the audit log cost per request (run by hand, never in the suite).
 
     .venv/bin/python bench/access_overhead.py [--requests N] [--concurrency C]

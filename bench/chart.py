@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script of bench/, not part of a package
 """Render a results file as a PNG: req/s and p99 per configuration, one bar per target.
 
 Runs in the bench venv (matplotlib): `bench/.venv/bin/python bench/chart.py RESULTS.json OUT.png`.

@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script of bench/, not part of a package
 """The floor under any proxy built on aiohttp's server: the same 1 KB JSON, answered by a bare
 aiohttp application on uvloop, with no upstream, no middleware and no access control.
 

@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script of bench/, not part of a package
 """The benchmark's identity service and upload sink, in one process beside the proxy under test.
 
 Run with the project's interpreter (it imports the embedded sandbox):

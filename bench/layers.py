@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script of bench/, not part of a package
 """The proxy with layers taken off, to see what each costs per request (bench part `layers`).
 
     python bench/layers.py VARIANT CONFIG PORT

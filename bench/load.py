@@ -1,4 +1,3 @@
-# ruff: noqa: INP001, S603 - a script of bench/ (not a package) that starts the programs it measures
 """Load generators, each bounded in time and count, loopback only.
 
 - `wrk_run`: wrk with a JSON reporter (throughput, percentiles), plus the CPU time the target's

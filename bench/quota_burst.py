@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script run by hand, not part of a package
 """By hand: a long burst at a multiple of the quota through a shaped proxy; prints the figures.
 
     .venv/bin/python bench/quota_burst.py --requests 3000 --overload 5

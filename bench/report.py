@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script of bench/, not part of a package
 """Medians, ratios and the targets, from a results file: standard library only.
 
 Used by run.py (to print the table at the end of a run), by chart.py (bench venv), and by hand:

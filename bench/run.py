@@ -1,4 +1,3 @@
-# ruff: noqa: INP001 - a script of bench/, not part of a package
 """`make bench`: nmbrs-proxy against nginx (the baseline) and mitmproxy, on loopback.
 
 Run with the project's interpreter: `.venv/bin/python bench/run.py [options]`.

@@ -1,4 +1,3 @@
-# ruff: noqa: INP001, S603 - a script of bench/ (not a package) that starts the programs it measures
 """The processes a benchmark run starts on loopback, their configuration, and /proc readings.
 
 Everything is written into one temporary directory (certificates, nginx and proxy configs,
