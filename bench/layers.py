@@ -3,18 +3,23 @@
     python bench/layers.py VARIANT CONFIG PORT
 
 VARIANT is one of:
-  full         the proxy as `serve` runs it
-  no-audit     without the audit middleware
-  no-access    without the guard and access-policy middleware
-  bare         no middleware at all: the forwarder alone, behind aiohttp's router
-  minimal      no middleware, and a handler that only sends the request on through the same
-               upstream client and answers with the body (no headers rules, no tokens, no
-               retries): what forwarding itself costs on aiohttp's server
-None of these but `full` is a way to run the proxy: they exist to be measured.
+  full            the proxy as `serve` runs it: JSON logs at info level, one access line per
+                  request, every line through the redaction filter
+  no-access-line  the same with the access lines off (as `--log-level warning` does)
+  no-audit        ... and without the audit middleware
+  no-access       ... and without the guard and access-policy middleware
+  bare            ... and without the problem middleware: request ids and metrics (the observe
+                  middleware, which the forwarder reads) in front of the forwarder
+  minimal         as bare, with a handler that only sends the request on through the same
+                  upstream client and answers with the body (no header rules, no retries, no
+                  cache): what forwarding itself costs on aiohttp's server
+Each variant leaves out what the one before it kept. None but `full` is a way to run the
+proxy: they exist to be measured.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -22,20 +27,26 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import app as composition
+from proxy import redact
 from proxy.cli import new_event_loop
 from proxy.config import load
 from proxy.forward import forward
+from proxy.logs import setup_logging
+from proxy.secret import revealed_in
 from proxy.state import PROXY_STATE
 
-VARIANTS = ("full", "no-audit", "no-access", "bare", "minimal")
+VARIANTS = ("full", "no-access-line", "no-audit", "no-access", "bare", "minimal")
+_DROPPED = {"no-audit": {"audit"}, "no-access": {"audit", "access"},
+            "bare": {"audit", "access", "problems"}, "minimal": {"audit", "access", "problems"}}
 
 
 def build(variant: str, config: Path) -> web.Application:
     settings = load(config, {})
+    redact.install(revealed_in(settings))
+    if variant != "full":
+        logging.getLogger("proxy.access").setLevel(logging.WARNING)
     app = composition.create_app(settings)
-    dropped = {"no-audit": {"audit"}, "no-access": {"access"},
-               "bare": {"audit", "problems", "access"},
-               "minimal": {"audit", "problems", "access"}}.get(variant, set())
+    dropped = _DROPPED.get(variant, set())
     kept = [m for m in app.middlewares if getattr(m, "__name__", "") not in dropped]
     app._middlewares = type(app.middlewares)(kept)  # noqa: SLF001 - a measuring variant
     if variant == "minimal":
@@ -70,5 +81,10 @@ if __name__ == "__main__":
     variant, config, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
-    web.run_app(build(variant, config), host="127.0.0.1", port=port, loop=new_event_loop(),
-                access_log=None, print=None, handler_cancellation=True)
+    logs = setup_logging("info", "json")  # as `serve` logs, to stderr (the bench's log file)
+    try:
+        web.run_app(build(variant, config), host="127.0.0.1", port=port,
+                    loop=new_event_loop(), access_log=None, print=None,
+                    handler_cancellation=True)
+    finally:
+        logs.close()

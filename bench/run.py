@@ -520,7 +520,7 @@ async def expiry(bench: Bench) -> dict[str, Any]:
 # --- layers -------------------------------------------------------------------------------
 
 
-LAYER_VARIANTS: Final = ("minimal", "bare", "no-access", "no-audit", "full")
+LAYER_VARIANTS: Final = ("minimal", "bare", "no-access", "no-audit", "no-access-line", "full")
 
 
 async def layers(bench: Bench) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy import guard
+from proxy import redact as redact_rules
 from proxy.errors import BadRequest, HeadersTooLarge
 from proxy.policy import _parse_source, source_address
 from proxy.routing import match_prefix
@@ -140,3 +141,29 @@ async def test_an_unshaped_connection_admits_at_once_and_its_permit_holds_nothin
         permit.release()
         permit.release()  # idempotent
     assert (gate.waiting, gate.counters.delayed, gate.counters.throttled) == (0, 0, 0)
+
+
+def _redact_without_the_shortcut(text: str) -> str:
+    for pattern, replacement in redact_rules._RULES:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["GET /api/companies 200", "Authorization: Bearer abc.def", "x eyJhbGciOi.eyJzdWIi.sig",
+     "npk_abcdefghijkl", "code=123&x=1", "code%3D123", "BASIC dXNlcjpwYXNz", "{'token': 'v'}",
+     "refreshed the token of connection nmbrs", ""],
+)
+def test_redaction_skips_only_text_no_rule_can_match(text: str) -> None:
+    assert redact_rules.redact(text) == _redact_without_the_shortcut(text)
+
+
+_PIECES = [*"abcdeyJnpk_:=%3DBbearsicoktn\"' .-/\r\n", "eyJ", "npk_", "Bearer ", "basic ",
+           "%3D", "%3d", "token", "code", "x-proxy-key", "eyJhbGc.eyJzdWI.sig"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(st.sampled_from(_PIECES), max_size=15).map("".join))
+def test_redaction_with_the_shortcut_agrees_on_generated_text(text: str) -> None:
+    assert redact_rules.redact(text) == _redact_without_the_shortcut(text)
