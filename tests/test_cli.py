@@ -20,10 +20,10 @@ import pytest
 from aiohttp.test_utils import TestServer, unused_port
 
 from proxy.cli import main, revoke_connection
-from proxy.workers import new_event_loop
 from proxy.config import Settings, StoreSettings
 from proxy.secret import Secret
 from proxy.tokens.store import FileStore
+from proxy.workers import new_event_loop
 from tests.conftest import RunningSandbox, token_set
 
 ROOT = Path(__file__).parents[1]
