@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from proxy.cli import new_event_loop
+from proxy.workers import new_event_loop
 
 
 def main(port: int, body: bytes) -> None:

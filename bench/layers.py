@@ -28,12 +28,12 @@ from multidict import CIMultiDict
 
 from proxy import app as composition
 from proxy import redact
-from proxy.cli import new_event_loop
 from proxy.config import load
 from proxy.forward import forward
 from proxy.logs import setup_logging
 from proxy.secret import revealed_in
 from proxy.state import PROXY_STATE
+from proxy.workers import new_event_loop
 
 VARIANTS = ("full", "no-access-line", "no-audit", "no-access", "bare", "minimal")
 _DROPPED = {"no-audit": {"audit"}, "no-access": {"audit", "access"},

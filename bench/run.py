@@ -119,7 +119,10 @@ class Bench:
     @property
     def proxy_env(self) -> dict[str, str]:
         # The proxy verifies the TLS upstream against the run's own CA, and nothing else.
-        return {"SSL_CERT_FILE": str(self.ca), "PYTHONUNBUFFERED": "1"}
+        # NMBRS_PROXY_EVENT_LOOP=asyncio goes through: py-spy reads whole coroutine stacks
+        # on asyncio's loop, not on uvloop's.
+        loop = {k: v for k, v in os.environ.items() if k == "NMBRS_PROXY_EVENT_LOOP"}
+        return {"SSL_CERT_FILE": str(self.ca), "PYTHONUNBUFFERED": "1", **loop}
 
     def conns(self, issuer: str = "idp", *, margin: float = 300.0) -> list[Conn]:
         idp = self.url(issuer)
@@ -528,7 +531,7 @@ async def layers(bench: Bench) -> dict[str, Any]:
     with nginx and the aiohttp floor, c=64, plain upstream."""
     args = bench.args
     targets = [t for t in bench.targets
-               if t.processes == 1 and t.name in {report.NGINX, report.FLOOR}]
+               if t.processes == 1 and t.name in {report.NGINX, report.FLOOR, report.PROXY}]
     conns = [Conn("plain", "/", bench.url("upstream"), bench.url("idp"))]
     for variant in LAYER_VARIANTS:
         name = f"layer-{variant}"

@@ -20,6 +20,7 @@ import logging
 import queue
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -72,6 +73,46 @@ class _Clock:
 _utc = _Clock()
 
 
+# json.dumps with these options builds a new encoder on every call; this one is made once.
+_encode_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
+
+
+_probe = logging.LogRecord("", 0, "", 0, "", (), None)
+# When the logging module was loaded: what relativeCreated counts from.
+_LOGGING_STARTED: Final = _probe.created - _probe.relativeCreated / 1000
+
+
+class AccessRecord(logging.LogRecord):
+    """A log record made for the access line, which is written once per request.
+
+    `logging.LogRecord()` works out the caller's file, module, thread and process, which
+    nobody reads on this line; here they are fixed values and only what varies is worked
+    out, for a third of the cost. Handlers see an ordinary LogRecord.
+    """
+
+    _FIXED: Final[dict[str, Any]] = {
+        "pathname": "", "filename": "", "module": "", "lineno": 0, "funcName": None,
+        "exc_info": None, "exc_text": None, "stack_info": None, "thread": None,
+        "threadName": None, "process": None, "processName": None, "taskName": None,
+    }
+
+    def __init__(
+        self, name: str, level: int, msg: str, args: tuple[object, ...],
+        fields: dict[str, Any],
+    ) -> None:
+        # No super().__init__(): skipping its work is the point (see the docstring).
+        attributes = self.__dict__
+        attributes.update(self._FIXED)
+        attributes.update(fields)
+        created = time.time()
+        attributes.update(
+            name=name, msg=msg, args=args, levelno=level,
+            levelname=logging.getLevelName(level), created=created,
+            msecs=(created - int(created)) * 1000,
+            relativeCreated=(created - _LOGGING_STARTED) * 1000,
+        )
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, the extras, then `exc`."""
 
@@ -88,7 +129,7 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return json.dumps(entry, default=str, separators=(",", ":"))
+        return _encode_json(entry)
 
 
 class TextFormatter(logging.Formatter):

@@ -32,7 +32,7 @@ from proxy.audit import REQUEST_ID as REQUEST_ID_KEY
 from proxy.audit import request_id as pick_request_id
 from proxy.connection import Connection
 from proxy.headers import REQUEST_ID as REQUEST_ID_HEADER
-from proxy.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
+from proxy.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID, AccessRecord
 from proxy.metrics import Metrics
 from proxy.routing import split_target
 from proxy.state import PROXY_STATE
@@ -148,28 +148,17 @@ def _log_access(
     sent = observation.body_bytes
     if sent is None and response is not None and not response.prepared:
         sent = response.content_length  # a whole response, written after this middleware
-    # makeRecord + handle: the same record as access_log.log(), without the search for the
-    # caller's file and line, which nobody reads for this line.
-    record = access_log.makeRecord(
-        ACCESS_LOGGER,
-        level,
-        "",
-        0,
-        "%s %s %d",
-        (request.method, path, status),
-        None,
-        extra={
-            "request_id": observation.request_id,
-            "remote": request.remote,
-            "method": request.method,
-            "path": path,
-            "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-            "upstream_ms": round(observation.upstream_seconds * 1000, 3),
-            "connection": None if connection is None else connection.name,
-            "body_bytes": sent,
-        },
-    )
+    record = AccessRecord(ACCESS_LOGGER, level, "%s %s %d", (request.method, path, status), {
+        "request_id": observation.request_id,
+        "remote": request.remote,
+        "method": request.method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "upstream_ms": round(observation.upstream_seconds * 1000, 3),
+        "connection": None if connection is None else connection.name,
+        "body_bytes": sent,
+    })
     access_log.handle(record)
 
 

@@ -91,6 +91,12 @@ def _may_hold_a_secret(text: str) -> bool:
     return "%3d" in lowered or "bearer" in lowered or "basic" in lowered
 
 
+# A record's own text attributes: the message (cleaned above) and names the code chose.
+_RECORD_TEXT = frozenset({"msg", "name", "levelname", "pathname", "filename", "module",
+                          "funcName", "threadName", "processName", "taskName", "exc_text",
+                          "stack_info"})
+
+
 class RedactingFilter(logging.Filter):
     """Masks secrets in each record that passes, in place, so every later handler sees it too.
 
@@ -115,6 +121,11 @@ class RedactingFilter(logging.Filter):
         cleaned = self.redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+            # A field given with `extra=` usually repeats part of the message (the access
+            # line's path): when the message held a secret, they are cleaned too.
+            for key, value in vars(record).items():
+                if isinstance(value, str) and key not in _RECORD_TEXT:
+                    setattr(record, key, self.redact(value))
         if record.exc_info and not record.exc_text:
             # Formatters reuse exc_text when it is set: the traceback is cleaned once, here.
             record.exc_text = logging.Formatter().formatException(record.exc_info)

@@ -13,6 +13,7 @@ import pytest
 
 from proxy.logs import (
     CURRENT_REQUEST_ID,
+    AccessRecord,
     JsonFormatter,
     TextFormatter,
     extras,
@@ -80,6 +81,37 @@ def test_json_lines(extra: dict[str, Any], expected: dict[str, Any]) -> None:
         "message": "hello x",
         **expected,
     }
+
+
+_ACCESS_FIELDS: dict[str, Any] = {
+    "request_id": "8f14e45fceea167a", "remote": "127.0.0.1", "method": "GET",
+    "path": "/api/companies", "status": 200, "duration_ms": 1.25, "upstream_ms": 0.5,
+    "connection": None, "body_bytes": 1024,
+}
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
+@pytest.mark.parametrize("fields", [_ACCESS_FIELDS, {}, {"path": '/a b"\u00e9', "ratio": 0.1}])
+def test_an_access_record_is_written_as_the_same_record_made_by_logging(
+    formatter: logging.Formatter, fields: dict[str, Any]
+) -> None:
+    made = logging.getLogger("proxy.access").makeRecord(
+        "proxy.access", logging.INFO, "", 0, "%s %s %d", ("GET", "/api", 200), None,
+        extra=fields)
+    fast = AccessRecord("proxy.access", logging.INFO, "%s %s %d", ("GET", "/api", 200), fields)
+    fast.created = made.created
+    assert formatter.format(fast) == formatter.format(made)
+    assert extras(fast) == extras(made) == fields
+
+
+def test_an_access_record_serves_any_handler_format() -> None:
+    fast = AccessRecord("proxy.access", logging.INFO, "%s", ("x",), {"status": 200})
+    every = ("%(asctime)s %(msecs)d %(relativeCreated)d %(levelname)s %(levelno)s %(name)s "
+             "%(message)s %(pathname)s %(filename)s %(module)s %(funcName)s %(lineno)d "
+             "%(thread)s %(threadName)s %(process)s %(processName)s %(status)s")
+    line = logging.Formatter(every).format(fast)
+    assert " INFO 20 proxy.access x " in line
+    assert line.endswith(" 200")
 
 
 def _fail() -> None:

@@ -93,6 +93,24 @@ def test_the_filter_cleans_messages_arguments_and_tracebacks() -> None:
     assert text.count(MASK) >= 4
 
 
+def test_fields_that_repeat_a_secret_of_the_message_are_cleaned_too() -> None:
+    record = logging.makeLogRecord({
+        "name": "proxy.access", "msg": "GET %s 200", "args": (f"/api/{JWT}",),
+        "path": f"/api/{JWT}", "status": 200, "connection": "nmbrs"})
+    RedactingFilter().filter(record)
+    fields = vars(record)
+    assert JWT not in record.getMessage()
+    assert fields["path"] == f"/api/{MASK}"
+    assert (fields["status"], fields["connection"], record.name) == (200, "nmbrs", "proxy.access")
+
+
+def test_fields_of_a_clean_message_are_left_alone() -> None:
+    record = logging.makeLogRecord({  # the path looks like a parameter; the message is clean
+        "name": "proxy.access", "msg": "GET /api 200", "path": "/api/a=b:c"})
+    RedactingFilter().filter(record)
+    assert vars(record)["path"] == "/api/a=b:c"
+
+
 def test_short_literals_are_not_registered() -> None:
     redactor = RedactingFilter(["abc", "longer-secret"])
     assert redactor.redact("abc longer-secret") == f"abc {MASK}"
