@@ -20,7 +20,8 @@ MITM = "mitmproxy"
 DIRECT = "direct"
 FLOOR = "aiohttp-floor"  # a bare aiohttp app answering by itself: no proxying at all
 BEFORE = "before"  # nmbrs-proxy from another tree (--before), e.g. main without a change
-TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, MITM)
+PROXY_ASYNCIO = "proxy-asyncio"  # nmbrs-proxy on asyncio's own event loop instead of uvloop's
+TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, PROXY_ASYNCIO, MITM)
 MB = 1024 * 1024
 
 
@@ -123,7 +124,7 @@ def _ms(us: float | None) -> str:
 
 def table(results: Mapping[str, Any]) -> str:
     lines = []
-    header = (f"{'proc':>4} {'upstream':<8} {'c':>4} {'target':<12} {'req/s':>9} {'x nginx':>8} "
+    header = (f"{'proc':>4} {'upstream':<8} {'c':>4} {'target':<14} {'req/s':>9} {'x nginx':>8} "
               f"{'p50 ms':>8} {'p99 ms':>8} {'CPU us/req':>10} {'err':>5} {'load1':>5}")
     lines += [header, "-" * len(header)]
     previous = None
@@ -137,7 +138,7 @@ def table(results: Mapping[str, Any]) -> str:
         load = "-" if row["load1"] is None else f"{row['load1']:.2f}"
         lines.append(
             f"{row['processes']:>4} {row['upstream']:<8} {row['connections']:>4} "
-            f"{row['target']:<12} {row['rps']:>9.0f} {x:>8} {_ms(row['p50_us']):>8} "
+            f"{row['target']:<14} {row['rps']:>9.0f} {x:>8} {_ms(row['p50_us']):>8} "
             f"{_ms(row['p99_us']):>8} {cpu:>10} {row['errors']:>5} {load:>5}"
         )
     for pending in results.get("throughput", {}).get("pending", []):
@@ -154,7 +155,7 @@ def table(results: Mapping[str, Any]) -> str:
             rps = _median(r["rps"] for r in mine) or 0.0
             per_request = _median(r["cpu_us_per_request"] for r in mine) or 0.0
             ratio = f"{rps / nginx:.2f}x nginx" if nginx else ""
-            lines.append(f"  {name:<18} {rps:>8.0f} req/s  {per_request:>5.0f} us CPU/req  "
+            lines.append(f"  {name:<20} {rps:>8.0f} req/s  {per_request:>5.0f} us CPU/req  "
                          f"{ratio}")
         lines.append("")
     prof = results.get("profile")

@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -62,7 +62,6 @@ from servers import (
     program,
     proxy_argv,
     proxy_conf,
-    proxy_supports_workers,
     rss_bytes,
     versions,
     wait_http,
@@ -145,6 +144,7 @@ class Bench:
     async def start_proxy(
         self, name: str, connections: Sequence[Conn], *, workers: int = 1,
         preload: str | None = None, expired: bool = False, root: Path = ROOT,
+        env: Mapping[str, str] | None = None,
     ) -> tuple[Proc, Path]:
         """A proxy with a generated config; `preload`: tokens minted by that identity service."""
         directory = self.workdir / name
@@ -158,12 +158,51 @@ class Bench:
         config = proxy_conf(directory / "config.toml", port=self.port(name), store=store,
                             connections=connections)
         proc = self.procs.start(name, proxy_argv(config, workers=workers),
-                                env={**self.proxy_env, "PYTHONPATH": str(root)}, cwd=root)
+                                env={**self.proxy_env, **(env or {}), "PYTHONPATH": str(root)},
+                                cwd=root)
         await wait_http(self.url(name, "/_proxy/healthz"), proc=proc)
         return proc, config
 
 
 # --- setting up -----------------------------------------------------------------------------
+
+
+async def start_proxies(bench: Bench) -> None:
+    """nmbrs-proxy as targets: as shipped, on asyncio's loop, from --before, two processes."""
+    # The proxy under test gets its tokens the way a person links it: the consent flow.
+    proxy1, _ = await bench.start_proxy("proxy1", bench.conns())
+    for conn in bench.conns():
+        await link_connection(bench.url("proxy1"), conn.name)
+    await wait_http(bench.url("proxy1", "/_proxy/readyz"), proc=proxy1)
+    bench.main_proxy = proxy1
+    bench.targets.append(Target(report.PROXY, 1, {
+        "plain": bench.url("proxy1", JSON_PATH), "tls": bench.url("proxy1", f"/tls{JSON_PATH}")},
+        proxy1, (KEY_HEADER,)))
+
+    # The same proxy on asyncio's own event loop: what uvloop changes, in the same run.
+    proc, _ = await bench.start_proxy("proxy1a", bench.conns(), preload="idp",
+                                      env={"NMBRS_PROXY_EVENT_LOOP": "asyncio"})
+    await wait_http(bench.url("proxy1a", "/_proxy/readyz"), proc=proc)
+    bench.targets.append(Target(report.PROXY_ASYNCIO, 1, {
+        "plain": bench.url("proxy1a", JSON_PATH), "tls": bench.url("proxy1a", f"/tls{JSON_PATH}")},
+        proc, (KEY_HEADER,)))
+
+    if bench.args.before is not None:
+        # The same proxy from another tree (e.g. main before a change), same config, same run.
+        before_root = bench.args.before.resolve()
+        proc, _ = await bench.start_proxy("before", bench.conns(), preload="idp",
+                                          root=before_root)
+        await wait_http(bench.url("before", "/_proxy/readyz"), proc=proc)
+        bench.targets.append(Target(report.BEFORE, 1, {
+            "plain": bench.url("before", JSON_PATH),
+            "tls": bench.url("before", f"/tls{JSON_PATH}")}, proc, (KEY_HEADER,)))
+
+    # Two processes: `serve --workers 2`, sharing the store (preloaded: they load it at start).
+    proxy2, _ = await bench.start_proxy("proxy2", bench.conns(), workers=2, preload="idp")
+    await wait_http(bench.url("proxy2", "/_proxy/readyz"), proc=proxy2)
+    bench.targets.append(Target(report.PROXY, 2, {
+        "plain": bench.url("proxy2", JSON_PATH),
+        "tls": bench.url("proxy2", f"/tls{JSON_PATH}")}, proxy2, (KEY_HEADER,)))
 
 
 async def start_everything(bench: Bench) -> None:
@@ -208,36 +247,7 @@ async def start_everything(bench: Bench) -> None:
             "plain": bench.url(name, JSON_PATH), "tls": bench.url(name, f"/tls{JSON_PATH}")},
             proc, (KEY_HEADER,)))
 
-    # The proxy under test gets its tokens the way a person links it: the consent flow.
-    proxy1, _ = await bench.start_proxy("proxy1", bench.conns())
-    for conn in bench.conns():
-        await link_connection(bench.url("proxy1"), conn.name)
-    await wait_http(bench.url("proxy1", "/_proxy/readyz"), proc=proxy1)
-    bench.main_proxy = proxy1
-    bench.targets.append(Target(report.PROXY, 1, {
-        "plain": bench.url("proxy1", JSON_PATH), "tls": bench.url("proxy1", f"/tls{JSON_PATH}")},
-        proxy1, (KEY_HEADER,)))
-
-    if bench.args.before is not None:
-        # The same proxy from another tree (e.g. main before a change), same config, same run.
-        before_root = bench.args.before.resolve()
-        proc, _ = await bench.start_proxy("before", bench.conns(), preload="idp",
-                                          root=before_root)
-        await wait_http(bench.url("before", "/_proxy/readyz"), proc=proc)
-        bench.targets.append(Target(report.BEFORE, 1, {
-            "plain": bench.url("before", JSON_PATH),
-            "tls": bench.url("before", f"/tls{JSON_PATH}")}, proc, (KEY_HEADER,)))
-
-    if proxy_supports_workers():
-        # Workers load the store at start: it is preloaded with tokens minted by the sandbox.
-        proxy2, _ = await bench.start_proxy("proxy2", bench.conns(), workers=2, preload="idp")
-        await wait_http(bench.url("proxy2", "/_proxy/readyz"), proc=proxy2)
-        bench.targets.append(Target(report.PROXY, 2, {
-            "plain": bench.url("proxy2", JSON_PATH),
-            "tls": bench.url("proxy2", f"/tls{JSON_PATH}")}, proxy2, (KEY_HEADER,)))
-    else:
-        bench.pending.append("nmbrs-proxy with 2 processes: `serve --workers N` does not exist "
-                             "yet in this tree")
+    await start_proxies(bench)
 
     # The floor: a bare aiohttp app answering the JSON itself (no upstream, nothing of ours).
     floor = bench.procs.start("aiohttp-floor", [

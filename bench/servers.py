@@ -391,15 +391,6 @@ def proxy_argv(config: Path, *, workers: int = 1) -> list[str]:
     return argv
 
 
-def proxy_supports_workers() -> bool:
-    """Whether `serve --workers N` exists yet (it arrives with the shared token store)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "proxy", "serve", "--help"], capture_output=True, text=True,
-        cwd=ROOT, check=False, env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    return "--workers" in result.stdout
-
-
 async def link(proxy_url: str, connection: str) -> None:
     """What a person does on /_proxy/: Connect, consent (automatic in the sandbox), back."""
     jar = aiohttp.CookieJar(unsafe=True)
