@@ -40,22 +40,13 @@ from proxy.sandbox import (
 )
 from proxy.secret import Secret
 from proxy.tokens.store import FileStore
+from tests.conftest import most_in_any_window
 
 SCOPES = ("offline_access", "company.info.read")
 
 
 def say(line: str) -> None:
     sys.stdout.write(line + "\n")
-
-
-def most_in_any_window(times: list[float], window: float) -> int:
-    ordered = sorted(times)
-    most = start = 0
-    for end, at in enumerate(ordered):
-        while ordered[start] <= at - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 async def run(requests: int, overload: float, limit: int, window: float) -> int:

@@ -266,6 +266,17 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
         await client.close()
 
 
+def most_in_any_window(times: list[float], window: float) -> int:
+    """The largest number of `times` inside any half-open window [t, t + window)."""
+    ordered = sorted(times)
+    most = start = 0
+    for end, at in enumerate(ordered):
+        while ordered[start] <= at - window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most
+
+
 # --- the sandbox as the identity service ------------------------------------------------------
 
 CLIENT_ID = "PartnerApp_tests_*$1"

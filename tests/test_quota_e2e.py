@@ -29,6 +29,7 @@ from tests.conftest import (
     RecordingUpstream,
     RunningSandbox,
     connection_settings,
+    most_in_any_window,
     start_running_sandbox,
     token_set,
     until,
@@ -55,17 +56,6 @@ async def make_sandbox() -> AsyncIterator[SandboxFactory]:
 
 def connection_of(proxy: Proxy) -> Connection:
     return proxy.app[PROXY_STATE].connections["nmbrs"]
-
-
-def most_in_any_window(times: list[float], window: float) -> int:
-    """The largest number of `times` inside any half-open window [t, t + window)."""
-    ordered = sorted(times)
-    most = start = 0
-    for end, at in enumerate(ordered):
-        while ordered[start] <= at - window:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def arrivals(log: list[RecordedRequest]) -> list[float]:
