@@ -798,7 +798,7 @@ def _redis_url(value: Any, context: _Context) -> str:
     if parts.query or parts.fragment or "?" in text or "#" in text:
         raise _Invalid("must not include a query or fragment")
     database = parts.path.removeprefix("/")
-    if database and not database.isdigit():
+    if database and not (database.isascii() and database.isdigit()):
         raise _Invalid("the path must be a database number, such as /0")
     return text
 

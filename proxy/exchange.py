@@ -61,7 +61,7 @@ async def read_head(connection: Connection, answer: Answer, limit: int) -> tuple
     """
     response = answer.response
     length = response.headers.get("Content-Length", "")
-    if length.isdigit() and int(length) > limit:
+    if length.isascii() and length.isdigit() and int(length) > limit:
         return b"", False
     chunks: list[bytes] = []
     size = 0

@@ -953,6 +953,8 @@ STORE_RULES = [
      "url-port"),
     ({**REDIS, "store.url": "redis://redis/zero"},
      ["store.url: the path must be a database number, such as /0"], "url-db"),
+    ({**REDIS, "store.url": "redis://redis/\u00b2"},
+     ["store.url: the path must be a database number, such as /0"], "url-db-superscript"),
     ({**REDIS, "store.url": "redis://redis/0?ssl_cert_reqs=none"},
      ["store.url: must not include a query or fragment"], "url-query"),
     ({**REDIS, "store.url": "redis://re dis"}, ["store.url: must not contain whitespace"],

@@ -186,7 +186,8 @@ def wire(method: str, target: str, version: str, headers: list[tuple[str, str]],
     if body and not names & {"content-length", "transfer-encoding"}:
         headers = [*headers, ("Content-Length", str(len(body)))]
     for name, value in headers:
-        if name.lower() == "content-length" and value.isdigit() and int(value) <= 1024:
+        if (name.lower() == "content-length" and value.isascii() and value.isdigit()
+                and int(value) <= 1024):
             body = body.ljust(int(value), b"x")
     head = f"{method} {target} {version}\r\nHost: proxy\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in headers)

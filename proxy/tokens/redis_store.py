@@ -314,7 +314,7 @@ class RedisStore:
         if not isinstance(channel, bytes) or not isinstance(data, bytes):
             return
         connection = channel[start:].decode("utf-8", "replace")
-        self._announce(connection, int(data) if data.isdigit() else None)
+        self._announce(connection, int(data) if data.isascii() and data.isdigit() else None)
 
     async def check(self) -> None:
         await self._command("reach the server", "PING")

@@ -131,7 +131,7 @@ def new_owner() -> str:
 def owner_pid(owner: str) -> int | None:
     """The process id in an owner id made by `new_owner` (None when it has none)."""
     parts = owner.rsplit(":", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
+    return int(parts[1]) if len(parts) == 3 and parts[1].isascii() and parts[1].isdigit() else None
 
 
 class Subscribers:
