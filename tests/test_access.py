@@ -371,6 +371,7 @@ def test_the_stripped_cookie_is_the_consent_cookie() -> None:
         ("nmbrs_proxy_session=xyz", ""),
         ("a=1; nmbrs_proxy_session=xyz; b=2", "a=1; b=2"),
         ("nmbrs_proxy_session=xyz; b=2", "b=2"),
+        ('a=1; nmbrs_proxy_session="gAAAA-x="; b=2', "a=1; b=2"),  # a quoted value
         ("nmbrs_proxy_sessionX=1", "nmbrs_proxy_sessionX=1"),
     ],
 )

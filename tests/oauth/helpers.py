@@ -7,6 +7,7 @@ made and checked explicitly.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http.cookies import Morsel, SimpleCookie
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
@@ -64,6 +65,17 @@ class Hop:
 
     def set_cookies(self) -> list[str]:
         return self.headers.getall("Set-Cookie", [])
+
+    def set_cookie(self, name: str) -> Morsel[str]:
+        """The one cookie `name` this answer sets, read as a browser reads it (RFC 6265): a
+        quoted value is unquoted, attributes are parsed, their names folded to lower case."""
+        found: list[Morsel[str]] = []
+        for header in self.set_cookies():
+            jar: SimpleCookie = SimpleCookie()
+            jar.load(header)
+            found.extend(morsel for key, morsel in jar.items() if key == name)
+        assert len(found) == 1, self.set_cookies()
+        return found[0]
 
 
 def query_of(url: str) -> dict[str, str]:

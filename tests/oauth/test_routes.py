@@ -8,6 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from proxy.oauth.routes import (
@@ -34,12 +35,6 @@ from tests.oauth.helpers import (
 )
 
 UNKNOWN_STATE = "does not belong to a login started in this browser"
-
-
-def session_cookie_header(headers: list[str]) -> str:
-    found = [h for h in headers if h.startswith(f"{SESSION_COOKIE}=")]
-    assert len(found) == 1, headers
-    return found[0]
 
 
 def assert_no_secrets(text: str, *extra: str) -> None:
@@ -76,12 +71,12 @@ async def test_consent_flow_links_the_connection_and_requests_go_through(env: En
     assert params["code_challenge_method"] == "S256"
     assert len(params["code_challenge"]) == 43
     assert len(params["state"]) >= 43
-    cookie = session_cookie_header(login.set_cookies())
-    assert "HttpOnly" in cookie
-    assert "SameSite=Lax" in cookie
-    assert "Path=/" in cookie
-    assert "Max-Age=3600" in cookie  # the session; the login itself expires after 600 s
-    assert "Secure" not in cookie  # the redirect URI is plain http
+    cookie = login.set_cookie(SESSION_COOKIE)
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Lax"
+    assert cookie["path"] == "/"
+    assert cookie["max-age"] == "3600"  # the session; the login itself expires after 600 s
+    assert not cookie["secure"]  # the redirect URI is plain http
 
     consent = await browser.get(authorize)
     assert consent.status == 302
@@ -198,6 +193,25 @@ async def test_every_login_starts_a_fresh_session(env: Env) -> None:
     assert done.status == 200, done.text
 
 
+@pytest.mark.parametrize("quoted", [False, True], ids=["unquoted", "quoted"])
+async def test_the_callback_accepts_the_cookie_quoted_or_not(env: Env, quoted: bool) -> None:
+    """Browsers send a cookie value back as it was set, and a server may set it quoted (RFC
+    6265 allows a DQUOTE-wrapped value; a Fernet token ending in `=` often is): both forms
+    carry the same login."""
+    browser = env.browser
+    login = await browser.login("nmbrs")
+    value = login.set_cookie(SESSION_COOKIE).value
+    assert not value.startswith('"')
+    consent = await browser.get(login.location)
+    sent = f'"{value}"' if quoted else value
+    headers = {"Cookie": f"{SESSION_COOKIE}={sent}"}  # no jar: the header exactly as written
+    async with (aiohttp.ClientSession() as bare,
+                bare.get(consent.location, allow_redirects=False, headers=headers) as response):
+        text = await response.text()
+        assert response.status == 200, text
+    assert "Connection nmbrs works" in text
+
+
 async def test_pending_logins_are_capped(env: Env) -> None:
     browser = env.browser
     states = []
@@ -218,10 +232,10 @@ async def test_secure_cookie_when_the_redirect_uri_is_https(make_env: MakeEnv) -
     env = await make_env(Spec(scheme="https"))
     login = await env.browser.login("nmbrs")
     assert login.status == 302
-    cookie = session_cookie_header(login.set_cookies())
-    assert "Secure" in cookie
-    assert "HttpOnly" in cookie
-    assert "SameSite=Lax" in cookie
+    cookie = login.set_cookie(SESSION_COOKIE)
+    assert cookie["secure"] is True
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Lax"
 
 
 # --- callback errors ------------------------------------------------------------------------
