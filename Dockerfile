@@ -17,10 +17,14 @@ RUN groupadd --system --gid 10001 nmbrs-proxy \
  && install -d -m 0755 /etc/nmbrs-proxy
 
 WORKDIR /opt/nmbrs-proxy
+# The exact versions CI tested, hashes checked (requirements/runtime.lock: the dependencies, the
+# fast extra with uvloop's event loop, which `serve` picks up by itself, and setuptools to build
+# the project), in a layer of their own that a code change does not rebuild.
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes --no-deps -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
-# The fast extra: uvloop's event loop, which `serve` picks up by itself.
-RUN pip install '.[fast]' && rm -rf /opt/nmbrs-proxy/build
+RUN pip install --no-deps --no-build-isolation . && rm -rf /opt/nmbrs-proxy/build
 
 USER nmbrs-proxy:nmbrs-proxy
 WORKDIR /var/lib/nmbrs-proxy

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from proxy.app import create_app
 from proxy.config import Settings
+from tests.locks import pins
 
 ROOT = Path(__file__).parents[1]
 
@@ -64,9 +65,16 @@ def test_config_and_state_are_mounted_paths() -> None:
                 assert (ROOT / source).exists(), source
 
 
-def test_the_image_installs_the_fast_extra() -> None:
+def test_the_image_installs_the_runtime_lock_with_the_fast_extra() -> None:
+    """The image gets the versions CI tested, hashes checked, and nothing unpinned after them."""
     runs = [rest for keyword, rest in _instructions() if keyword == "RUN"]
+    assert any("pip install --require-hashes --no-deps -r requirements/runtime.lock" in run
+               for run in runs)
+    installs = [run for run in runs if "pip install" in run]
+    assert all("--no-deps" in run for run in installs)
+    locked = pins(ROOT / "requirements" / "runtime.lock")
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
-    assert any("pip install '.[fast]'" in run for run in runs)
     assert any(requirement.startswith("uvloop") for requirement in extras["fast"])
+    assert "uvloop" in locked
+    assert "setuptools" in locked  # the build backend, for --no-build-isolation
