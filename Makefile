@@ -36,7 +36,7 @@ unit: $(STAMP)
 
 # The replica tests at full length: 2 minutes of load per store backend, 20 lease-holder kills.
 race: $(STAMP) system-deps
-	NMBRS_PROXY_RACE_SECONDS=120 NMBRS_PROXY_FAULT_CYCLES=20 $(BIN)/pytest -s tests/test_replicas.py
+	NMBRS_PROXY_RACE_SECONDS=120 NMBRS_PROXY_FAULT_CYCLES=20 $(BIN)/pytest -s tests/e2e/test_replicas.py
 
 # A new venv whenever pyproject.toml or the lock changes, so that it holds the lock and nothing
 # else; the project itself is installed without dependencies and without build isolation (its

@@ -27,10 +27,10 @@ from aiohttp.test_utils import TestServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proxy import guard, policy
 from proxy.app import create_app
 from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
-from proxy.policy import AccessPolicy, Client, PathPattern, Rule
+from proxy.inbound import guard, policy
+from proxy.inbound.policy import AccessPolicy, Client, PathPattern, Rule
 from proxy.tokens.store import FileStore
 from tests.conftest import connection_settings, token_set
 

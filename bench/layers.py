@@ -27,12 +27,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import app as composition
-from proxy import redact
 from proxy.config import load
-from proxy.forward import forward
-from proxy.logs import setup_logging
-from proxy.secret import revealed_in
-from proxy.state import PROXY_STATE
+from proxy.core import redact
+from proxy.core.secret import revealed_in
+from proxy.forwarding.forward import forward
+from proxy.forwarding.state import PROXY_STATE
+from proxy.telemetry.logs import setup_logging
 from proxy.workers import new_event_loop
 
 VARIANTS = ("full", "no-access-line", "no-audit", "no-access", "bare", "minimal")

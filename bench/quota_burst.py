@@ -6,7 +6,7 @@ The sandbox allows `--limit` requests per `--window` seconds; the proxy is shape
 with a burst of 10% of one window. Everything runs on loopback in one process. Printed: what the
 client saw, what the upstream saw (statuses, the most requests in any window), the rate the
 upstream got, and how long each request took as the client saw it (mostly waiting in the
-proxy). The test suite runs the short form (tests/test_quota_e2e.py, 200 requests).
+proxy). The test suite runs the short form (tests/e2e/test_quota_e2e.py, 200 requests).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proxy.app import create_app
 from proxy.config import ConnectionSettings, ServerSettings, Settings, StoreSettings
+from proxy.core.secret import Secret
 from proxy.oauth.protocol import parse_token_response
 from proxy.sandbox import (
     DEMO_CLIENT_ID,
@@ -38,7 +39,6 @@ from proxy.sandbox import (
     SandboxSettings,
     start_sandbox,
 )
-from proxy.secret import Secret
 from proxy.tokens.store import FileStore
 from tests.conftest import most_in_any_window
 

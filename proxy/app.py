@@ -17,31 +17,30 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
-from proxy.access import access, setup_access
-from proxy.audit import PROBLEM, audit_middleware, setup_audit
 from proxy.config import Settings
-from proxy.connection import build_connection
-from proxy.console import setup_console
-from proxy.errors import PROBLEM_CONTENT_TYPE, ProxyError
-from proxy.forward import forward
-from proxy.metrics import Metrics
-from proxy.oauth.routes import setup_consent
-from proxy.observe import (
+from proxy.core.errors import PROBLEM_CONTENT_TYPE, ProxyError
+from proxy.forwarding.connection import build_connection
+from proxy.forwarding.forward import forward
+from proxy.forwarding.observe import (
     METRICS,
     PROXY_APP,
     TRAFFIC,
     Traffic,
-    healthz,
-    metrics,
     observe_middleware,
-    readyz,
     response_hook,
 )
-from proxy.state import PROXY_STATE, ProxyState
+from proxy.forwarding.state import PROXY_STATE, ProxyState
+from proxy.forwarding.upstream import Pool
+from proxy.inbound.access import DOOR, Door, access
+from proxy.ops.consent import setup_consent
+from proxy.ops.console import setup_console
+from proxy.ops.endpoints import healthz, metrics, readyz
+from proxy.telemetry.audit import PROBLEM, audit_middleware, setup_audit
+from proxy.telemetry.metrics import Metrics
 from proxy.tokens.backends import open_store
 from proxy.tokens.store import TokenStore
-from proxy.upstream import Pool
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +88,19 @@ async def _not_found(_request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound
 
 
+def door_for(settings: Settings) -> Door:
+    """The access middleware's plain data, compiled once from the configuration."""
+    return Door(
+        policy=settings.access_policy(),
+        callback_paths=frozenset(
+            URL(c.redirect_uri).path_safe or "/"
+            for c in settings.connections
+            if c.redirect_uri is not None
+        ),
+        connections={c.prefix: c.name for c in settings.connections},
+    )
+
+
 def create_app(
     settings: Settings,
     *,
@@ -107,7 +119,7 @@ def create_app(
         ],
         client_max_size=1024**2,
     )
-    setup_access(app, settings)
+    app[DOOR] = door_for(settings)
     setup_audit(app, settings.audit)
     owns_store = store is None
     app[STORE] = store if store is not None else open_store(settings.store)

@@ -17,12 +17,12 @@ from typing import TextIO
 
 import aiohttp
 
-from proxy import redact
 from proxy.config import ConfigError, Settings, config_path, load
-from proxy.logs import FORMATS, LEVELS, setup_logging
+from proxy.core import redact
+from proxy.core.secret import revealed_in
+from proxy.inbound.policy import bind_problem, exposure_warning, hash_key, new_key
 from proxy.oauth.protocol import GrantError
-from proxy.policy import bind_problem, exposure_warning, hash_key, new_key
-from proxy.secret import revealed_in
+from proxy.telemetry.logs import FORMATS, LEVELS, setup_logging
 from proxy.tokens.backends import open_store
 from proxy.tokens.health import DAY, warning_window
 from proxy.tokens.model import token_state
@@ -79,7 +79,7 @@ async def revoke_connection(settings: Settings, name: str, *, out: TextIO) -> in
 
     The set leaves the store only after the provider confirmed; otherwise it stays as it was.
     """
-    from proxy.connection import build_connection  # noqa: PLC0415 - keeps the other commands light
+    from proxy.forwarding.connection import build_connection  # noqa: PLC0415 - keeps the other commands light
 
     chosen = next((c for c in settings.connections if c.name == name), None)
     if chosen is None:

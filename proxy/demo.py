@@ -19,6 +19,7 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import ConnectionSettings, ServerSettings, Settings, StoreSettings
+from proxy.core.secret import Secret
 from proxy.sandbox import (
     DEMO_CLIENT_ID,
     DEMO_CLIENT_SECRET,
@@ -29,7 +30,6 @@ from proxy.sandbox import (
     SandboxSettings,
     start_sandbox,
 )
-from proxy.secret import Secret
 
 DEMO_HOST: Final = "127.0.0.1"
 DEMO_TOKEN_LIFETIME: Final = 120.0

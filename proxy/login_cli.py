@@ -22,9 +22,8 @@ from urllib.parse import parse_qsl, urlsplit
 import aiohttp
 from aiohttp import web
 
-from proxy import pages
 from proxy.config import ConnectionSettings, Settings
-from proxy.connection import Connection, build_connection
+from proxy.forwarding.connection import Connection, build_connection
 from proxy.oauth.protocol import (
     GrantError,
     authorize_url,
@@ -32,6 +31,7 @@ from proxy.oauth.protocol import (
     new_state,
     pkce_challenge,
 )
+from proxy.ops import pages
 from proxy.tokens.backends import open_store
 from proxy.tokens.grants import AuthorizationCodeGrant
 from proxy.tokens.store import StoreError, TokenStore

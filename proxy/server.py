@@ -35,7 +35,7 @@ from typing import Final
 
 from aiohttp import web
 
-from proxy.observe import TRAFFIC
+from proxy.forwarding.observe import TRAFFIC
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
-from proxy import redact
 from proxy.config import Settings
-from proxy.logs import setup_logging
-from proxy.secret import revealed_in
+from proxy.core import redact
+from proxy.core.secret import revealed_in
+from proxy.telemetry.logs import setup_logging
 
 log = logging.getLogger(__name__)
 

@@ -27,9 +27,9 @@ from proxy.config import (
     Settings,
     StoreSettings,
 )
-from proxy.policy import PathPattern
-from proxy.secret import Secret
-from proxy.tokens.model import TokenSet
+from proxy.core.secret import Secret
+from proxy.inbound.policy import PathPattern
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.store import FileStore
 from tests.leaks import LogCapture, find_leaks
 from tests.redis_server import RedisServer

@@ -2,7 +2,7 @@
 the sandbox was configured with or handed out (proxy.sandbox.issued_secrets()).
 
 The lines are kept as the command line would write them: formatted, then passed through the
-same redaction rules (proxy/redact.py) that `nmbrs-proxy` installs on every log handler. The
+same redaction rules (proxy/core/redact.py) that `nmbrs-proxy` installs on every log handler. The
 configured-secret literals that the command line also registers are not known here, so a
 secret that only literal masking would catch still counts as a leak.
 """
@@ -14,7 +14,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from proxy.redact import redact
+from proxy.core.redact import redact
 
 # Secrets are looked up by their first KEY_LENGTH characters; shorter ones are searched whole.
 KEY_LENGTH: Final = 12

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer, unused_port
 
 from proxy.cli import main, revoke_connection
 from proxy.config import Settings, StoreSettings
-from proxy.secret import Secret
+from proxy.core.secret import Secret
 from proxy.tokens.store import FileStore
 from proxy.workers import new_event_loop
 from tests.conftest import RunningSandbox, token_set

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from proxy import cli, server
-from proxy.redact import RedactingFilter
+from proxy.core.redact import RedactingFilter
 from tests.test_cli import GOOD, ROOT, SECRETS, _run
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from proxy.oauth.protocol import GrantError, parse_token_error, parse_token_response
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 
 # RFC 6749 §5.2 codes look like this ("invalid_client"); "Unauthorized" is a plain message.
 _RFC_ERROR_CODE: Final = re.compile(r"[a-z]+(?:_[a-z]+)*")

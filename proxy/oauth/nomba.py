@@ -29,9 +29,9 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Final
 
+from proxy.oauth.jwt import jwt_lifetime
 from proxy.oauth.protocol import GrantError
-from proxy.tokens.jwt import jwt_lifetime
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 
 SUCCESS: Final = "00"
 ACCOUNT_HEADER: Final = "accountId"

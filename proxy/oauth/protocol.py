@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import quote_plus, urlencode
 
-from proxy.tokens.jwt import jwt_lifetime
-from proxy.tokens.model import TokenSet
+from proxy.oauth.jwt import jwt_lifetime
+from proxy.oauth.token_set import TokenSet
 
 # RFC 6749 §5.2 errors after which retrying cannot help: a person must consent again.
 FATAL_GRANT_ERRORS: Final = frozenset({"invalid_grant", "invalid_client"})

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Final, Protocol
 import aiohttp
 from cachetools import TTLCache
 
+from proxy.core.secret import Secret
 from proxy.oauth import client_credentials, nitro, nomba
 from proxy.oauth.protocol import (
     Endpoints,
@@ -29,8 +30,7 @@ from proxy.oauth.protocol import (
     parse_token_error,
     parse_token_response,
 )
-from proxy.secret import Secret
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 
 log = logging.getLogger(__name__)
 

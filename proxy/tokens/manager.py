@@ -40,10 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from proxy.errors import ConsentRequired, CredentialsRefused, TokenUnavailable
+from proxy.core.errors import ConsentRequired, CredentialsRefused, TokenUnavailable
 from proxy.oauth.protocol import GrantError
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.grants import Grant
-from proxy.tokens.model import TokenSet, TokenState, token_state
+from proxy.tokens.model import TokenState, token_state
 from proxy.tokens.rules import Step, after_conflict, after_reload, changed_since, is_newer
 from proxy.tokens.store import Lease, StoreError, StoreUnavailable, StoreUnreadable, TokenStore
 

@@ -38,8 +38,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
-from proxy.secret import Secret
-from proxy.tokens.model import TokenSet
+from proxy.core.secret import Secret
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.seal import Sealer, SealError
 from proxy.tokens.store import (
     ChangeCallback,

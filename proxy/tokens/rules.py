@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 
 
 class Step(enum.Enum):

@@ -16,8 +16,8 @@ from typing import Any, Final
 
 from cryptography.fernet import Fernet, InvalidToken
 
-from proxy.secret import Secret
-from proxy.tokens.model import TokenSet
+from proxy.core.secret import Secret
+from proxy.oauth.token_set import TokenSet
 
 _SEALED: Final = "fernet"
 _KEY: Final = "[store] encryption_key"

@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol
 
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.seal import Sealer, SealError
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from proxy.oauth.protocol import (
     parse_token_response,
     pkce_challenge,
 )
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 
 NOW = 1_800_000_000.0
 UNRESERVED = re.compile(r"[A-Za-z0-9\-._~]+")

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.oauth import client_credentials, nitro, nomba
 from proxy.oauth.protocol import GrantError
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 DATE_AT_NOW = "Fri, 15 Jan 2027 08:00:00 GMT"

@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from proxy.core.secret import Secret
 from proxy.oauth.protocol import GrantError
-from proxy.secret import Secret
 from proxy.tokens.grants import AuthorizationCodeGrant, Discovery
 from tests.clock import FakeClock
 from tests.conftest import token_set

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from proxy.connection import build_connection
+from proxy.forwarding.connection import build_connection
 from proxy.oauth.protocol import GrantError
 from proxy.tokens.manager import TokenManager
 from proxy.tokens.store import FileStore, StoreError

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.tokens.model import TokenSet, TokenState, token_state
+from proxy.oauth.token_set import TokenSet
+from proxy.tokens.model import TokenState, token_state
 
 
 def _tokens(obtained_at: float, lifetime: float) -> TokenSet:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.rules import (
     Step,
     after_conflict,

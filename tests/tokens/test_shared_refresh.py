@@ -2,7 +2,7 @@
 
 Each replica has its own store instance (its own Redis connections, its own file handles and
 locks), as separate processes would; the sandbox is the identity service. The race, fault and
-restart tests with real proxy processes are in tests/test_replicas.py.
+restart tests with real proxy processes are in tests/e2e/test_replicas.py.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 
-from proxy.connection import build_connection
-from proxy.errors import ConsentRequired
-from proxy.secret import Secret
+from proxy.core.errors import ConsentRequired
+from proxy.core.secret import Secret
+from proxy.forwarding.connection import build_connection
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.manager import TokenManager
-from proxy.tokens.model import TokenSet
 from proxy.tokens.seal import Sealer
 from proxy.tokens.store import Lease, StoreError, StoreUnreadable, TokenStore
 from tests.conftest import RunningSandbox, until, until_async

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.store import FileStore, StoreError
 
 
@@ -69,7 +69,7 @@ def test_repr_names_the_path_only(tmp_path: Path) -> None:
 _WRITER = """
 import asyncio, sys
 from pathlib import Path
-from proxy.tokens.model import TokenSet
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.store import FileStore
 
 async def main():

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 
-from proxy.secret import Secret
-from proxy.tokens.model import TokenSet
+from proxy.core.secret import Secret
+from proxy.oauth.token_set import TokenSet
 from proxy.tokens.redis_store import RedisStore
 from proxy.tokens.seal import Sealer
 from proxy.tokens.store import (

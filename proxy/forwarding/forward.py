@@ -1,0 +1,214 @@
+"""The catch-all handler: one client request becomes one upstream request, streamed both ways.
+
+The client's request target goes upstream byte for byte with its prefix stripped; bodies are
+never buffered whole, except a small one that is kept so that a request can be sent again: after
+a 401 (exchange.py) or a retryable answer (retry.py). Only answers the response cache
+(cache.py) stores are read whole before they are sent on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from typing import Final
+
+from aiohttp import web
+
+from proxy.core.errors import BadGateway, GatewayTimeout, NoConnection
+from proxy.core.http import match_prefix, split_target, upstream_url
+from proxy.forwarding import upstream
+from proxy.forwarding.cache import Plan, ResponseCache, invalidates, served_headers
+from proxy.forwarding.connection import Connection
+from proxy.forwarding.exchange import Answer, Send, exchange, read_head
+from proxy.forwarding.headers import client_response_headers, upstream_request_headers
+from proxy.forwarding.observe import OBSERVATION
+from proxy.forwarding.state import PROXY_STATE
+
+log = logging.getLogger(__name__)
+
+# A body up to this size is read before sending, so that it can be sent again.
+REPLAYABLE_BODY_LIMIT: Final = 64 * 1024
+CHUNK_SIZE: Final = 64 * 1024
+
+Body = bytes | AsyncIterator[bytes] | None
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    state = request.app[PROXY_STATE]
+    raw_target = request.raw_path
+    path, _ = split_target(raw_target)
+    prefix = match_prefix(state.prefixes, path)
+    if prefix is None:
+        raise NoConnection(f"no connection serves the path {path!r}")
+    connection = state.by_prefix[prefix]
+    request[OBSERVATION].connection = connection
+    target = upstream_url("", prefix, raw_target)  # path and query below the upstream's base
+
+    body: Body = None
+    if request.body_exists:
+        length = request.content_length
+        if length is not None and length <= REPLAYABLE_BODY_LIMIT:
+            body = await request.read()
+        else:
+            body = request.content.iter_chunked(CHUNK_SIZE)
+
+    public_base = f"{request.scheme}://{request.host}{prefix.rstrip('/')}"
+    send = functools.partial(_send, request, connection, connection.base_path + target, body)
+    replayable = body is None or isinstance(body, bytes)
+    cache = connection.cache
+    if cache is not None:
+        plan = cache.plan(request.method, target, request.headers, has_body=request.body_exists)
+        if plan is not None:
+            return await _through_cache(
+                request, connection=connection, cache=cache, plan=plan, send=send,
+                public_base=public_base,
+            )
+    answer = await exchange(connection, request.method, send, replayable=replayable)
+    if cache is not None and invalidates(request.method, answer.response.status):
+        cache.invalidate(split_target(target)[0])
+    try:
+        return await _relay(request, answer.response, connection.settings.upstream, public_base,
+                            head=answer.head)
+    finally:
+        answer.release()
+
+
+async def _through_cache(
+    request: web.Request,
+    *,
+    connection: Connection,
+    cache: ResponseCache,
+    plan: Plan,
+    send: Send,
+    public_base: str,
+) -> web.StreamResponse:
+    """A GET the cache may answer: a hit, the entry a concurrent miss fetched, or a miss."""
+    upstream_base = connection.settings.upstream
+    entry = await cache.lookup(plan)
+    if entry is None:
+        answer: Answer | None = None
+        try:
+            answer = await exchange(connection, request.method, send, replayable=True)
+            upstream = answer.response
+            ttl = cache.storable(plan, upstream.status, upstream.headers)
+            if ttl is not None and not answer.head:
+                limit = cache.settings.max_body_bytes
+                answer.head, complete = await read_head(connection, answer, limit)
+                if complete:
+                    entry = cache.store(plan, upstream.status, upstream.headers, answer.head, ttl)
+            if entry is None:
+                cache.done(plan)  # waiters fetch on their own while this answer streams
+                return await _relay(request, upstream, upstream_base, public_base,
+                                    head=answer.head, extra_headers={"X-Cache": "MISS"})
+        finally:
+            cache.done(plan)
+            if answer is not None:
+                answer.release()
+        outcome = "MISS"
+    else:
+        outcome = "HIT"
+    headers = client_response_headers(
+        entry.headers, upstream_base=upstream_base, public_base=public_base
+    )
+    headers.update(served_headers(entry, cache.now(), outcome))
+    return web.Response(status=entry.status, headers=headers, body=entry.body)
+
+
+async def _send(
+    request: web.Request,
+    connection: Connection,
+    target: str,
+    body: Body,
+    credentials: Mapping[str, str],
+) -> upstream.Response:
+    observation = request[OBSERVATION]
+    headers = upstream_request_headers(
+        request.headers,
+        client_address=request.remote,
+        scheme=request.scheme,
+        host=request.host,
+        credentials=credentials,
+        defaults=connection.default_headers,
+        request_id=observation.request_id,
+    )
+    sent = time.perf_counter()
+    try:
+        response = await request.app[PROXY_STATE].pool.request(
+            connection.origin,
+            request.method,
+            target,
+            headers,
+            body,
+            connect_timeout=connection.settings.connect_timeout_seconds,
+            read_timeout=connection.settings.read_timeout_seconds,
+        )
+    except TimeoutError as exc:
+        observation.upstream_seconds += time.perf_counter() - sent
+        raise GatewayTimeout(
+            f"the upstream of connection {connection.name!r} did not answer in time",
+            connection=connection.name,
+            unsent=isinstance(exc, upstream.ConnectTimeout),
+        ) from None
+    except (upstream.UpstreamError, ValueError) as exc:
+        observation.upstream_seconds += time.perf_counter() - sent
+        raise BadGateway(
+            f"the upstream of connection {connection.name!r} could not be reached "
+            f"({type(exc).__name__})",
+            connection=connection.name,
+            unsent=isinstance(exc, upstream.ConnectError),
+        ) from None
+    waited = time.perf_counter() - sent
+    observation.upstream_seconds += waited
+    metrics = connection.metrics
+    metrics.upstream_latency.observe(waited)
+    if response.status == 429:
+        metrics.rate_limited.inc()
+    return response
+
+
+async def _relay(
+    request: web.Request,
+    answer: upstream.Response,
+    upstream_base: str,
+    public_base: str,
+    *,
+    head: bytes = b"",
+    extra_headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """Send the answer to the client; `head` is the start of its body, read already."""
+    headers = client_response_headers(
+        answer.headers, upstream_base=upstream_base, public_base=public_base
+    )
+    if extra_headers:
+        headers.update(extra_headers)
+    observation = request[OBSERVATION]
+    rest = answer.buffered()
+    if rest is not None and request.method != "HEAD":
+        # A small answer usually arrives with its headers: one write, no stream machinery.
+        headers.popall("Content-Length", None)
+        observation.headers_sent = time.perf_counter()
+        return web.Response(status=answer.status, reason=answer.reason, headers=headers,
+                            body=head + rest if head else rest)
+    response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    await response.prepare(request)
+    observation.headers_sent = time.perf_counter()
+    sent = len(head)
+    try:
+        if head:
+            await response.write(head)
+        async for chunk in answer.iter_chunks():
+            sent += len(chunk)
+            await response.write(chunk)
+    except upstream.UpstreamError as exc:
+        # Headers are gone already: the only honest signal left is an aborted connection.
+        log.warning("upstream broke off a response to %s %s (%s)", request.method,
+                    request.path, type(exc).__name__)
+        if request.transport is not None:
+            request.transport.abort()  # the server then drops the connection quietly
+        return response
+    finally:
+        observation.body_bytes = sent
+    await response.write_eof()
+    return response

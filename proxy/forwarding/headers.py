@@ -1,0 +1,165 @@
+"""Which headers cross the proxy, in each direction: pure rules, no I/O.
+
+RFC 9110 §7.6.1: hop-by-hop fields (and any field named in `Connection`) describe one connection
+and are never forwarded. The client's own credentials for the upstream are never forwarded: the
+proxy's replace them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Final
+
+from multidict import CIMultiDict, MultiMapping
+
+from proxy.core.http import HOP_BY_HOP
+
+VIA: Final = "1.1 nmbrs-proxy"
+REQUEST_ID: Final = "X-Request-Id"
+
+# Never forwarded upstream: the upstream's Host is set by the client library, the credentials
+# are the proxy's (and the caller's key to the proxy is for the proxy only), `Expect` was
+# answered by the proxy's own server, X-Forwarded-* are rebuilt.
+_NOT_FORWARDED_UPSTREAM: Final = frozenset(
+    {
+        "host",
+        "authorization",
+        "x-proxy-key",
+        "x-subscription-key",
+        "expect",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+    }
+)
+
+
+# The proxy's own cookies (the consent session, proxy/ops/consent.py) are for the proxy only.
+PROXY_COOKIES: Final = frozenset({"nmbrs_proxy_session"})
+
+
+def without_cookies(value: str, names: frozenset[str]) -> str:
+    """A `Cookie` value (RFC 6265 §5.4, "a=1; b=2") without the cookies called `names`."""
+    pairs = value.split(";")
+    kept = [pair for pair in pairs if pair.partition("=")[0].strip() not in names]
+    return ";".join(kept).strip() if len(kept) < len(pairs) else value
+
+
+def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
+    """Field names listed in `Connection` (RFC 9110 §7.6.1), lower-cased."""
+    return frozenset(
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+        if token.strip()
+    )
+
+
+# Precomputed: the names every request and every answer drops, before any `Connection` tokens.
+_DROP_UPSTREAM: Final = HOP_BY_HOP | _NOT_FORWARDED_UPSTREAM
+
+
+def upstream_request_headers(
+    inbound: MultiMapping[str],
+    *,
+    client_address: str | None,
+    scheme: str,
+    host: str | None,
+    credentials: Mapping[str, str],
+    defaults: Mapping[str, str] = {},
+    request_id: str | None = None,
+) -> CIMultiDict[str]:
+    """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials.
+
+    `request_id` replaces whatever `X-Request-Id` the client sent (the proxy keeps a sane one
+    and makes up a new one otherwise), so both logs name the same request.
+
+    One pass over the client's fields (this runs for every request): what is dropped, what is
+    rebuilt (X-Forwarded-For, Via) and what is cleaned (Cookie) is decided per field.
+    """
+    drop = _DROP_UPSTREAM
+    if "Connection" in inbound:
+        drop = drop | connection_tokens(inbound)
+    out, forwarded_for, via = _client_fields(
+        inbound, drop, rebuild_forwarded_for=bool(client_address)
+    )
+    add = out.add
+    if client_address:
+        forwarded_for.append(client_address)
+        add("X-Forwarded-For", ", ".join(forwarded_for))
+    add("X-Forwarded-Proto", scheme)
+    if host:
+        add("X-Forwarded-Host", host)
+    via.append(VIA)
+    add("Via", ", ".join(via))
+    for name, value in defaults.items():
+        out.setdefault(name, value)
+    if request_id is not None:
+        out[REQUEST_ID] = request_id
+    out.update(credentials)
+    return out
+
+
+def _client_fields(
+    inbound: MultiMapping[str], drop: frozenset[str], *, rebuild_forwarded_for: bool
+) -> tuple[CIMultiDict[str], list[str], list[str]]:
+    """The client's fields that go on as they are; and the X-Forwarded-For (when it is rebuilt)
+    and Via values, which are extended."""
+    out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
+    forwarded_for: list[str] = []
+    via: list[str] = []
+    for name, value in inbound.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "x-forwarded-for" and rebuild_forwarded_for:
+            forwarded_for.append(value)
+        elif lower == "via":
+            via.append(value)
+        elif lower == "cookie":
+            cleaned = without_cookies(value, PROXY_COOKIES)
+            if cleaned:  # else it held only ours
+                add(name, cleaned)
+        else:
+            add(name, value)
+    return out, forwarded_for, via
+
+
+def client_response_headers(
+    upstream: MultiMapping[str], *, upstream_base: str = "", public_base: str = ""
+) -> CIMultiDict[str]:
+    """The headers sent back to the client: the upstream's end-to-end ones, plus `Via`.
+
+    A `Location` under `upstream_base` is rewritten to the same place under `public_base` (as
+    nginx's `proxy_redirect default` does), so a redirect keeps the client on the proxy.
+    """
+    drop = HOP_BY_HOP
+    if "Connection" in upstream:
+        drop = drop | connection_tokens(upstream)
+    out: CIMultiDict[str] = CIMultiDict()
+    add = out.add
+    via: list[str] = []
+    for name, value in upstream.items():
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == "via":
+            via.append(value)
+        else:
+            add(name, value)
+    via.append(VIA)
+    add("Via", ", ".join(via))
+    if upstream_base:
+        location = out.get("Location")
+        if location is not None:
+            out["Location"] = rewrite_location(location, upstream_base, public_base)
+    return out
+
+
+def rewrite_location(location: str, upstream_base: str, public_base: str) -> str:
+    """`upstream_base/x` → `public_base/x`; anything else (relative, other hosts) unchanged."""
+    base = upstream_base.rstrip("/")
+    if location == base or location.startswith((f"{base}/", f"{base}?")):
+        tail = location[len(base) :]
+        return public_base.rstrip("/") + (tail if tail.startswith("/") else f"/{tail}")
+    return location

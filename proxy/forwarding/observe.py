@@ -1,0 +1,169 @@
+"""What an operator sees of each request: its request id, its access line, its metrics.
+
+The `observe` middleware is the outermost one. For each request it picks the request id (the
+client's `X-Request-Id` when it is sane, else a new one: `telemetry.audit.request_id`; the
+audit line uses the same), counts the request in flight, and when the answer is known writes one
+access-log line and counts it by connection, method and status class. `forward` fills in the
+request's `Observation` (which connection, time spent upstream, when the response headers went
+out), from which the proxy-added latency follows.
+
+The request id goes upstream (see `forward`) and back to the client on every response, set in
+`on_response_prepare` so that streamed responses carry it too.
+
+The endpoints that report on it (health, readiness, metrics) are in proxy/ops/endpoints.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from proxy.core.http import split_target
+from proxy.forwarding.connection import Connection
+from proxy.forwarding.headers import REQUEST_ID as REQUEST_ID_HEADER
+from proxy.telemetry.audit import REQUEST_ID as REQUEST_ID_KEY
+from proxy.telemetry.audit import request_id as pick_request_id
+from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID, AccessRecord
+from proxy.telemetry.metrics import Metrics
+
+CLIENT_CLOSED_REQUEST: Final = 499  # nginx's code for "the client went away first"
+# Probes and scrapes come every few seconds: their access lines are debug, not info.
+QUIET_PATHS: Final = frozenset({"/_proxy/healthz", "/_proxy/readyz", "/_proxy/metrics"})
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Observation:
+    """One request's observations, filled in as it goes."""
+
+    __slots__ = ("body_bytes", "connection", "headers_sent", "request_id", "started",
+                 "upstream_seconds")
+
+    def __init__(self, request_id: str, started: float) -> None:
+        self.request_id = request_id
+        self.started = started
+        self.connection: Connection | None = None
+        self.upstream_seconds = 0.0
+        self.headers_sent: float | None = None
+        self.body_bytes: int | None = None  # of a relayed (streamed) response
+
+
+OBSERVATION: Final = web.RequestKey("observation", Observation)
+
+
+@dataclass
+class Traffic:
+    """Requests in flight, and whether the server is draining them before it stops."""
+
+    in_flight: int = 0
+    last_change: float = 0.0  # time.perf_counter() of the last arrival or departure
+    draining: bool = False
+
+
+TRAFFIC: Final = web.AppKey("traffic", Traffic)
+METRICS: Final = web.AppKey("metrics", Metrics)
+# On the ops listener's own small app: the proxy's app it reports on.
+PROXY_APP: Final = web.AppKey("proxy_app", web.Application)
+
+
+def proxy_app(request: web.Request) -> web.Application:
+    """The proxy's application: the one serving `request`, or the one an ops app watches."""
+    return request.app.get(PROXY_APP, request.app)
+
+
+def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
+    clock = time.perf_counter
+    unrouted = metrics.unrouted
+
+    @web.middleware
+    async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = clock()
+        # One id for the request: the audit line, the access line, upstream and the answer.
+        request_id = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
+        request[REQUEST_ID_KEY] = request_id
+        observation = Observation(request_id, started)
+        request[OBSERVATION] = observation
+        CURRENT_REQUEST_ID.set(request_id)  # a task per request: no reset needed
+        traffic.in_flight += 1
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response  # noqa: TRY300 - the finally below needs `response`
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            ended = clock()
+            traffic.in_flight -= 1
+            traffic.last_change = ended
+            connection = observation.connection
+            if connection is None:
+                unrouted.request_done(request.method, status)
+            else:
+                bound = connection.metrics
+                bound.request_done(request.method, status)
+                if observation.headers_sent is not None:
+                    added = observation.headers_sent - started - observation.upstream_seconds
+                    bound.added_latency.observe(max(0.0, added))
+            level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
+            if access_log.isEnabledFor(level):
+                _log_access(level, request, observation, status=status, seconds=ended - started,
+                            response=response)
+
+    return observe
+
+
+def _log_access(
+    level: int,
+    request: web.Request,
+    observation: Observation,
+    *,
+    status: int,
+    seconds: float,
+    response: web.StreamResponse | None,
+) -> None:
+    path = split_target(request.raw_path)[0]  # never the query: its values may be personal
+    connection = observation.connection
+    sent = observation.body_bytes
+    if sent is None and response is not None and not response.prepared:
+        sent = response.content_length  # a whole response, written after this middleware
+    record = AccessRecord(ACCESS_LOGGER, level, "%s %s %d", (request.method, path, status), {
+        "request_id": observation.request_id,
+        "remote": request.remote,
+        "method": request.method,
+        "path": path,
+        "status": status,
+        "duration_ms": round(seconds * 1000, 3),
+        "upstream_ms": round(observation.upstream_seconds * 1000, 3),
+        "connection": None if connection is None else connection.name,
+        "body_bytes": sent,
+    })
+    access_log.handle(record)
+
+
+def response_hook(traffic: Traffic) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        observation = request.get(OBSERVATION)
+        if observation is not None:
+            response.headers[REQUEST_ID_HEADER] = observation.request_id
+        if traffic.draining:
+            # The connection closes after this answer, and says so (RFC 9112 §9.6): the client
+            # opens its next one to a server that is still accepting. (aiohttp has chosen the
+            # Connection header before this hook runs, so it is set here as well.)
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    return on_response_prepare

@@ -1,0 +1,94 @@
+"""The door: every request passes the guard (proxy/inbound/guard.py) and the access policy
+(proxy/inbound/policy.py) here, before any handler runs, so before any token is fetched or added.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from proxy.core.http import match_prefix, split_target
+from proxy.inbound import guard
+from proxy.inbound.policy import (
+    AccessPolicy,
+    Area,
+    area_of,
+    authorize_admin,
+    authorize_callback,
+    check_forward,
+    identify_caller,
+    presented_key,
+    source_address,
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class AccessNote:
+    """What access control learned about a request, for the audit line."""
+
+    client: str | None = None
+    connection: str | None = None
+
+
+ACCESS_NOTE = web.RequestKey("access_note", AccessNote)
+
+
+@dataclass(frozen=True)
+class Door:
+    policy: AccessPolicy
+    callback_paths: frozenset[str]  # in the decoded form aiohttp's router matches
+    connections: Mapping[str, str]  # prefix → the name of the connection it routes to
+    prefixes: frozenset[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefixes", frozenset(self.connections))
+
+
+DOOR = web.AppKey("door", Door)
+
+
+@web.middleware
+async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse what must not go on (400/431), then who may not (401/403); else handle."""
+    guard.check_request(
+        request.method,
+        request.raw_path,
+        (request.version.major, request.version.minor),
+        request.headers.items(),
+    )
+    door = request.app[DOOR]
+    note = request.get(ACCESS_NOTE)
+    if note is None:
+        note = request[ACCESS_NOTE] = AccessNote()
+    source = source_address(request.remote)
+    area = area_of(request.rel_url.path_safe, door.callback_paths)
+    if area is Area.CALLBACK:
+        authorize_callback(door.policy, source=source)
+    elif area is Area.ADMIN:
+        authorize_admin(door.policy, key=presented_key(request.headers, basic=True),
+                        source=source)
+    elif area is Area.FORWARD:
+        client = identify_caller(door.policy, presented_key(request.headers))
+        connection, upstream_path = _route(request)
+        note.client = client.name if client is not None else None
+        note.connection = connection
+        if client is not None:
+            check_forward(client, source=source, connection=connection,
+                          method=request.method, path=upstream_path)
+    return await handler(request)
+
+
+def _route(request: web.Request) -> tuple[str | None, str]:
+    """The connection the forwarder will pick (the same rule, on the raw path) and the decoded
+    path its upstream will see."""
+    door = request.app[DOOR]
+    path, _ = split_target(request.raw_path)
+    prefix = match_prefix(door.prefixes, path)
+    if prefix is None:
+        return None, unquote(path)
+    return door.connections[prefix], unquote(path[len(prefix) - 1 :] or "/")

@@ -1,0 +1,351 @@
+"""Who may use the proxy, and for what: pure inbound access decisions, no I/O.
+
+Every request falls in one area, by its (decoded) path:
+
+- OPEN      `/_proxy/healthz`, `/_proxy/readyz`: served to anyone (probes);
+- CALLBACK  the path of a configured redirect URI: the admin networks only, no key (the
+            browser coming back from the identity service cannot add one; what protects the
+            callback is the state and PKCE verifier in the encrypted, HttpOnly cookie that only
+            an admitted `/_proxy/login` hands out);
+- ADMIN     everything else under `/_proxy` (the page, login, and whatever is added there):
+            the admin networks, plus the admin key when one is configured;
+- FORWARD   the rest, which goes to an upstream: the clients.
+
+A client is identified by its key, presented as `X-Proxy-Key: <key>` or, when that header is
+absent, `Authorization: Bearer <key>` (the admin key may also come as the password of HTTP
+Basic, so a browser can ask for it). Keys are only known by their SHA-256; the presented key's
+digest is compared with every client's in constant time (hmac.compare_digest), all of them,
+whichever matches.
+
+Denials: 401 when no key was presented where one is needed, or the key is unknown; 403 when
+the caller is known (or anonymous callers are allowed) but the source address, connection,
+method or path is not allowed for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import functools
+import hashlib
+import hmac
+import ipaddress
+import re
+import secrets
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+from proxy.core.errors import Forbidden, Unauthorized
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOOPBACK: Final[tuple[IPNetwork, ...]] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+ANY_METHOD: Final = "*"
+READ_ONLY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+KEY_HEADER: Final = "X-Proxy-Key"
+KEY_PREFIX: Final = "npk_"
+CLIENT_CHALLENGE: Final = 'Bearer realm="nmbrs-proxy"'
+ADMIN_CHALLENGE: Final = 'Basic realm="nmbrs-proxy admin", charset="UTF-8"'
+
+PROXY_PATH: Final = "/_proxy"
+OPEN_PATHS: Final = frozenset({"/_proxy/healthz", "/_proxy/readyz"})
+
+
+class Area(enum.Enum):
+    OPEN = "open"
+    CALLBACK = "callback"
+    ADMIN = "admin"
+    FORWARD = "forward"
+
+
+def area_of(path: str, callback_paths: Collection[str]) -> Area:
+    """The area of a decoded request path (the form aiohttp's router matches)."""
+    if path in OPEN_PATHS:
+        return Area.OPEN
+    if path in callback_paths:
+        return Area.CALLBACK
+    if path == PROXY_PATH or path.startswith(PROXY_PATH + "/"):
+        return Area.ADMIN
+    return Area.FORWARD
+
+
+# --- path patterns --------------------------------------------------------------------------
+
+_PATTERN_FORBIDDEN: Final = re.compile(r"[?#%\s\\]")
+# What a '*' matches: anything in one segment but control characters (the guard refuses those).
+_SEGMENT_CHARS: Final = r"[^/\x00-\x1f\x7f]"
+
+
+@dataclass(frozen=True)
+class PathPattern:
+    """A path glob: `*` matches within one segment, a `**` segment matches any number of them.
+
+    `/api/companies/*/employees*` matches `/api/companies/7/employees` but not
+    `/api/companies/7/employees/3`; `/api/**` matches `/api` and everything below it.
+    Patterns are matched against the decoded path the upstream sees (prefix stripped).
+    """
+
+    text: str
+    regex: re.Pattern[str] = field(compare=False, repr=False)
+
+    @classmethod
+    def parse(cls, text: str) -> PathPattern:
+        """The pattern; ValueError with a reason when `text` is not one."""
+        if not text.startswith("/"):
+            raise ValueError("must start with '/'")
+        if _PATTERN_FORBIDDEN.search(text):
+            raise ValueError("must not contain '?', '#', '%', '\\' or whitespace")
+        parts = []
+        for segment in text.split("/")[1:]:
+            if segment == "**":
+                parts.append(f"(?:/{_SEGMENT_CHARS}*)*")
+            elif "**" in segment:
+                raise ValueError("'**' must be a whole segment ('/**/')")
+            else:
+                star = f"{_SEGMENT_CHARS}*"
+                parts.append("/" + star.join(re.escape(p) for p in segment.split("*")))
+        return cls(text, re.compile("".join(parts)))
+
+    def matches(self, path: str) -> bool:
+        return self.regex.fullmatch(path) is not None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Methods (or ANY_METHOD) and path patterns; GET also allows HEAD."""
+
+    methods: frozenset[str]
+    paths: tuple[PathPattern, ...]
+
+    def allows(self, method: str, path: str) -> bool:
+        method_ok = (
+            ANY_METHOD in self.methods
+            or method in self.methods
+            or (method == "HEAD" and "GET" in self.methods)
+        )
+        return method_ok and any(pattern.matches(path) for pattern in self.paths)
+
+
+# --- who ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Client:
+    name: str
+    key_sha256: bytes = field(repr=False)  # the digest, 32 bytes
+    cidrs: tuple[IPNetwork, ...] = ()  # empty: any source address
+    connections: frozenset[str] | None = None  # None: every connection
+    rules: tuple[Rule, ...] | None = None  # None: every method and path
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class AdminAccess:
+    key_sha256: bytes | None = field(default=None, repr=False)  # None: the networks suffice
+    cidrs: tuple[IPNetwork, ...] = LOOPBACK  # empty: nobody
+
+
+@dataclass(frozen=True)
+class AccessPolicy:
+    clients: tuple[Client, ...] = ()
+    allow_anonymous: bool = False
+    admin: AdminAccess = AdminAccess()
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        """Requests without a key are served when no clients are configured, or when asked to."""
+        return self.allow_anonymous or not self.clients
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def new_key() -> str:
+    """A new random key (256 bits), recognisable by its prefix (and so redacted in logs)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 of a key: what the configuration holds."""
+    return key_digest(key).hex()
+
+
+def presented_key(headers: Mapping[str, str], *, basic: bool = False) -> str | None:
+    """The key a request presents: `X-Proxy-Key`, else `Authorization: Bearer`, else (when
+    `basic`) the password of `Authorization: Basic`. None when it presents none."""
+    key = headers.get(KEY_HEADER)
+    if key is not None:
+        return key.strip()
+    scheme, _, credentials = headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() == "bearer":
+        return credentials.strip()
+    if basic and scheme.lower() == "basic":
+        try:
+            decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            return ""  # presented, but no key can be read from it: a wrong key
+        return decoded.partition(":")[2]
+    return None
+
+
+def identify(clients: Collection[Client], key: str) -> Client | None:
+    """The client whose key this is. Every client's digest is compared, in constant time."""
+    digest = key_digest(key)
+    found = None
+    for client in clients:
+        if hmac.compare_digest(digest, client.key_sha256):
+            found = client
+    return found
+
+
+def key_matches(key: str | None, expected: bytes) -> bool:
+    return key is not None and hmac.compare_digest(key_digest(key), expected)
+
+
+# --- where from -----------------------------------------------------------------------------
+
+
+def source_address(remote: str | None) -> IPAddress | None:
+    """The peer address as an IP (an IPv4-mapped IPv6 address as IPv4); None if not an IP."""
+    if not remote:
+        return None
+    return _parse_source(remote)
+
+
+@functools.lru_cache(maxsize=4096)  # the same few peers send request after request
+def _parse_source(remote: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])  # drop an IPv6 zone id
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def in_networks(address: IPAddress | None, networks: Collection[IPNetwork]) -> bool:
+    return address is not None and any(address in network for network in networks)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Does listening on `host` keep the proxy on this machine?"""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# --- decisions ------------------------------------------------------------------------------
+
+
+def identify_caller(policy: AccessPolicy, key: str | None) -> Client | None:
+    """The client a request to be forwarded acts for (None: anonymous), or Unauthorized."""
+    if not policy.clients or key is None:
+        if policy.anonymous_allowed:
+            return None
+        raise Unauthorized(
+            f"this proxy needs a key: send it as {KEY_HEADER} or Authorization: Bearer",
+            headers={"WWW-Authenticate": CLIENT_CHALLENGE},
+        )
+    client = identify(policy.clients, key)
+    if client is None:
+        raise Unauthorized(
+            "the key is not valid", headers={"WWW-Authenticate": CLIENT_CHALLENGE}
+        )
+    return client
+
+
+def check_forward(
+    client: Client,
+    *,
+    source: IPAddress | None,
+    connection: str | None,
+    method: str,
+    path: str,
+) -> None:
+    """Forbidden unless `client` may send this request.
+
+    `connection` is the one whose prefix matches (None: none does, and the answer will be 404
+    once the caller is known), `path` the decoded path the upstream will see.
+    """
+    if client.cidrs and not in_networks(source, client.cidrs):
+        raise Forbidden(f"client {client.name!r} may not call from this address")
+    if connection is None:
+        return
+    if client.connections is not None and connection not in client.connections:
+        raise Forbidden(f"client {client.name!r} may not use connection {connection!r}",
+                        connection=connection)
+    if client.read_only and method not in READ_ONLY_METHODS:
+        raise Forbidden(f"client {client.name!r} is read-only: {method} is not allowed",
+                        connection=connection)
+    if client.rules is not None and not any(r.allows(method, path) for r in client.rules):
+        raise Forbidden(f"client {client.name!r} may not {method} this path",
+                        connection=connection)
+
+
+def authorize_forward(
+    policy: AccessPolicy,
+    *,
+    key: str | None,
+    source: IPAddress | None,
+    connection: str | None,
+    method: str,
+    path: str,
+) -> Client | None:
+    """identify_caller, then check_forward for a known client: the whole decision."""
+    client = identify_caller(policy, key)
+    if client is not None:
+        check_forward(client, source=source, connection=connection, method=method, path=path)
+    return client
+
+
+def authorize_admin(policy: AccessPolicy, *, key: str | None, source: IPAddress | None) -> None:
+    """The proxy's own pages and actions: the admin networks, and the admin key if one is set."""
+    admin = policy.admin
+    if not in_networks(source, admin.cidrs):
+        raise Forbidden("the proxy's own pages are not served to this address")
+    if admin.key_sha256 is not None and not key_matches(key, admin.key_sha256):
+        raise Unauthorized(
+            "the proxy's own pages need the admin key "
+            f"({KEY_HEADER}, Authorization: Bearer, or the password of HTTP Basic)",
+            headers={"WWW-Authenticate": ADMIN_CHALLENGE},
+        )
+
+
+def authorize_callback(policy: AccessPolicy, *, source: IPAddress | None) -> None:
+    """The OAuth callback: the admin networks (the state in the session cookie does the rest)."""
+    if not in_networks(source, policy.admin.cidrs):
+        raise Forbidden("the login callback is not served to this address")
+
+
+def bind_problem(host: str, policy: AccessPolicy) -> str | None:
+    """Why listening on `host` with this policy is refused; None when it is fine."""
+    if is_loopback_host(host) or policy.clients or policy.allow_anonymous:
+        return None
+    return (
+        f"{host!r} is not a loopback address and no [[clients]] are configured, so anyone who "
+        "can reach the proxy would act as the linked accounts: add [[clients]] with keys, or "
+        "set server.allow_anonymous = true if something else guards the port"
+    )
+
+
+def exposure_warning(host: str, policy: AccessPolicy) -> str | None:
+    """What to warn about at start: a reachable proxy that serves callers without a key."""
+    if is_loopback_host(host) or not policy.allow_anonymous:
+        return None
+    return (
+        f"server.allow_anonymous is set and the proxy listens on {host!r}: requests without a "
+        "key are served, and whoever can reach the port acts as the linked accounts"
+    )

@@ -1,0 +1,102 @@
+"""Header rules, table by table (pure; no server)."""
+
+from __future__ import annotations
+
+import pytest
+from multidict import CIMultiDict
+
+from proxy.forwarding.headers import (
+    client_response_headers,
+    connection_tokens,
+    rewrite_location,
+    upstream_request_headers,
+)
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], frozenset()),
+        (["close"], {"close"}),
+        (["keep-alive, X-Foo"], {"keep-alive", "x-foo"}),
+        (["a,,b ,", "C"], {"a", "b", "c"}),
+    ],
+)
+def test_connection_tokens(values: list[str], expected: set[str]) -> None:
+    headers: CIMultiDict[str] = CIMultiDict([("Connection", v) for v in values])
+    assert connection_tokens(headers) == expected
+
+
+def _upstream(inbound: list[tuple[str, str]], **kwargs: object) -> CIMultiDict[str]:
+    options: dict[str, object] = {"client_address": "10.0.0.7", "scheme": "http",
+                                  "host": "proxy:8080", "credentials": {
+                                      "Authorization": "Bearer T", "X-Subscription-Key": "K"}}
+    options.update(kwargs)
+    return upstream_request_headers(CIMultiDict(inbound), **options)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("inbound", "name", "expected"),
+    [
+        ([("Authorization", "Bearer client")], "Authorization", ["Bearer T"]),
+        ([("authorization", "Basic x"), ("Authorization", "y")], "Authorization", ["Bearer T"]),
+        ([("X-Subscription-Key", "theirs")], "X-Subscription-Key", ["K"]),
+        ([("Host", "evil")], "Host", []),
+        ([("Expect", "100-continue")], "Expect", []),
+        ([("Proxy-Authorization", "Basic x")], "Proxy-Authorization", []),
+        ([("Transfer-Encoding", "chunked")], "Transfer-Encoding", []),
+        ([("Connection", "X-A"), ("X-A", "1"), ("X-B", "2")], "X-A", []),
+        ([("Connection", "X-A"), ("X-A", "1"), ("X-B", "2")], "X-B", ["2"]),
+        ([], "X-Forwarded-For", ["10.0.0.7"]),
+        ([("X-Forwarded-For", "1.2.3.4")], "X-Forwarded-For", ["1.2.3.4, 10.0.0.7"]),
+        ([("X-Forwarded-Proto", "https")], "X-Forwarded-Proto", ["http"]),
+        ([("X-Forwarded-Host", "spoofed")], "X-Forwarded-Host", ["proxy:8080"]),
+        ([("Via", "1.0 corp")], "Via", ["1.0 corp, 1.1 nmbrs-proxy"]),
+        ([("Content-Length", "5")], "Content-Length", ["5"]),
+        ([("Accept-Encoding", "gzip")], "Accept-Encoding", ["gzip"]),
+        ([("Cookie", "a=1"), ("Cookie", "b=2")], "Cookie", ["a=1", "b=2"]),
+    ],
+)
+def test_upstream_request_headers(inbound: list[tuple[str, str]], name: str,
+                                  expected: list[str]) -> None:
+    assert _upstream(inbound).getall(name, []) == expected
+
+
+def test_defaults_fill_gaps_only() -> None:
+    assert _upstream([], defaults={"Accept": "application/json"})["Accept"] == "application/json"
+    assert _upstream([("Accept", "text/csv")], defaults={"Accept": "application/json"}
+                     )["Accept"] == "text/csv"
+
+
+@pytest.mark.parametrize(
+    ("upstream", "expected"),
+    [
+        ([("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")], [("Set-Cookie", "a=1"),
+                                                           ("Set-Cookie", "b=2")]),
+        ([("Connection", "close"), ("Keep-Alive", "5")], []),
+        ([("Connection", "X-Secret"), ("X-Secret", "1")], []),
+        ([("Transfer-Encoding", "chunked"), ("Content-Encoding", "gzip")],
+         [("Content-Encoding", "gzip")]),
+        ([("Content-Length", "10")], [("Content-Length", "10")]),
+    ],
+)
+def test_client_response_headers(upstream: list[tuple[str, str]],
+                                 expected: list[tuple[str, str]]) -> None:
+    out = client_response_headers(CIMultiDict(upstream))
+    assert out.popall("Via") == ["1.1 nmbrs-proxy"]
+    assert list(out.items()) == expected
+
+
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("https://api.test/api/x?y=1", "http://proxy:8080/acme/api/x?y=1"),
+        ("https://api.test", "http://proxy:8080/acme/"),
+        ("https://api.test?a=1", "http://proxy:8080/acme/?a=1"),
+        ("https://api.test.evil/api", "https://api.test.evil/api"),  # another host
+        ("/api/relative", "/api/relative"),
+        ("https://other.test/api", "https://other.test/api"),
+    ],
+)
+def test_rewrite_location(location: str, expected: str) -> None:
+    assert rewrite_location(location, "https://api.test", "http://proxy:8080/acme") == expected

@@ -1,0 +1,231 @@
+"""Log records as JSON lines and readable lines, written by a thread that never blocks the loop."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+from proxy.telemetry.logs import (
+    CURRENT_REQUEST_ID,
+    AccessRecord,
+    JsonFormatter,
+    TextFormatter,
+    extras,
+    resolve_format,
+    setup_logging,
+)
+
+
+def record(msg: str = "hello %s", *args: object, **extra: Any) -> logging.LogRecord:
+    made = logging.LogRecord("proxy.test", logging.WARNING, __file__, 1, msg, args or ("x",),
+                             None)
+    made.created = 1_800_000_000.25
+    for key, value in extra.items():
+        setattr(made, key, value)
+    return made
+
+
+@pytest.mark.parametrize(
+    ("requested", "isatty", "chosen"),
+    [
+        ("auto", True, "text"),
+        ("auto", False, "json"),
+        ("json", True, "json"),
+        ("text", False, "text"),
+    ],
+)
+def test_resolve_format(requested: str, isatty: bool, chosen: str) -> None:
+    assert resolve_format(requested, isatty=isatty) == chosen
+
+
+def test_resolve_format_refuses_unknown() -> None:
+    with pytest.raises(ValueError, match="unknown log format 'xml'"):
+        resolve_format("xml", isatty=False)
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, {}),
+        ({"request_id": "r1", "status": 200}, {"request_id": "r1", "status": 200}),
+        ({"_private": 1, "connection": None}, {"connection": None}),
+    ],
+)
+def test_extras_are_what_was_added(extra: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert extras(record(**extra)) == expected
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ({}, {}),
+        ({"request_id": "r1", "status": 503}, {"request_id": "r1", "status": 503}),
+        ({"path": object}, {"path": str(object)}),  # anything JSON cannot hold becomes text
+        ({"level": "shadow"}, {}),  # an extra never overwrites one of the fixed keys
+    ],
+)
+def test_json_lines(extra: dict[str, Any], expected: dict[str, Any]) -> None:
+    line = JsonFormatter().format(record(**extra))
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry == {
+        "time": "2027-01-15T08:00:00.250Z",
+        "level": "warning",
+        "logger": "proxy.test",
+        "message": "hello x",
+        **expected,
+    }
+
+
+_ACCESS_FIELDS: dict[str, Any] = {
+    "request_id": "8f14e45fceea167a", "remote": "127.0.0.1", "method": "GET",
+    "path": "/api/companies", "status": 200, "duration_ms": 1.25, "upstream_ms": 0.5,
+    "connection": None, "body_bytes": 1024,
+}
+
+
+@pytest.mark.parametrize("formatter", [JsonFormatter(), TextFormatter()])
+@pytest.mark.parametrize("fields", [_ACCESS_FIELDS, {}, {"path": '/a b"\u00e9', "ratio": 0.1}])
+def test_an_access_record_is_written_as_the_same_record_made_by_logging(
+    formatter: logging.Formatter, fields: dict[str, Any]
+) -> None:
+    made = logging.getLogger("proxy.access").makeRecord(
+        "proxy.access", logging.INFO, "", 0, "%s %s %d", ("GET", "/api", 200), None,
+        extra=fields)
+    fast = AccessRecord("proxy.access", logging.INFO, "%s %s %d", ("GET", "/api", 200), fields)
+    fast.created = made.created
+    assert formatter.format(fast) == formatter.format(made)
+    assert extras(fast) == extras(made) == fields
+
+
+def test_an_access_record_serves_any_handler_format() -> None:
+    fast = AccessRecord("proxy.access", logging.INFO, "%s", ("x",), {"status": 200})
+    every = ("%(asctime)s %(msecs)d %(relativeCreated)d %(levelname)s %(levelno)s %(name)s "
+             "%(message)s %(pathname)s %(filename)s %(module)s %(funcName)s %(lineno)d "
+             "%(thread)s %(threadName)s %(process)s %(processName)s %(status)s")
+    line = logging.Formatter(every).format(fast)
+    assert " INFO 20 proxy.access x " in line
+    assert line.endswith(" 200")
+
+
+def _fail() -> None:
+    raise RuntimeError("boom")
+
+
+def test_json_lines_carry_the_traceback() -> None:
+    try:
+        _fail()
+    except RuntimeError:
+        failed = record()
+        failed.exc_info = sys.exc_info()
+    entry = json.loads(JsonFormatter().format(failed))
+    assert entry["exc"].startswith("Traceback")
+    assert "RuntimeError: boom" in entry["exc"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "suffix"),
+    [
+        ({}, ""),
+        ({"status": 200, "request_id": "abc"}, " status=200 request_id=abc"),
+        ({"path": "/a b"}, ' path="/a b"'),
+        ({"note": ""}, ' note=""'),
+    ],
+)
+def test_readable_lines(extra: dict[str, Any], suffix: str) -> None:
+    line = TextFormatter().format(record(**extra))
+    assert line == f"2027-01-15T08:00:00.250Z WARNING proxy.test: hello x{suffix}"
+
+
+def test_records_cross_the_queue_with_their_request_id() -> None:
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream)
+    logger = logging.getLogger("proxy.test.queue")
+    try:
+        token = CURRENT_REQUEST_ID.set("req-42")
+        args = ["mutable"]
+        logger.info("value %s", args, extra={"connection": "nmbrs"})
+        args.append("changed later")  # the message was merged when it was logged
+        CURRENT_REQUEST_ID.reset(token)
+        logger.debug("below the level")
+        logger.warning("outside a request")
+    finally:
+        setup.close()
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [entry["message"] for entry in lines] == ["value ['mutable']", "outside a request"]
+    assert lines[0]["request_id"] == "req-42"
+    assert lines[0]["connection"] == "nmbrs"
+    assert "request_id" not in lines[1]
+
+
+class StalledStream(io.StringIO):
+    """A stderr nobody reads: every write waits until the test lets it through."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.go.wait(timeout=10)
+        return super().write(text)
+
+
+def test_a_stalled_stream_does_not_stall_the_caller() -> None:
+    stream = StalledStream()
+    setup = setup_logging("info", "json", stream=stream)
+    logger = logging.getLogger("proxy.test.stalled")
+    try:
+        for number in range(2000):
+            logger.info("line %d", number)
+        # Logging returned although no write could finish: had it written on this thread,
+        # the first call would have waited for the stream (and then written something).
+        assert stream.getvalue() == ""
+    finally:
+        stream.go.set()
+        setup.close()
+    assert len(stream.getvalue().splitlines()) == 2000
+
+
+def test_filters_see_every_record_before_it_is_written() -> None:
+    class Mask(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.msg = str(record.msg).replace("s3cret", "[redacted]")
+            return "drop me" not in record.msg
+
+    stream = io.StringIO()
+    setup = setup_logging("info", "text", stream=stream, filters=[Mask()])
+    logger = logging.getLogger("proxy.test.filters")
+    try:
+        logger.info("token %s", "s3cret")
+        logger.info("drop me")
+    finally:
+        setup.close()
+    assert "s3cret" not in stream.getvalue()
+    assert "token [redacted]" in stream.getvalue()
+    assert "drop me" not in stream.getvalue()
+
+
+def test_a_filter_put_on_the_root_handler_runs_in_the_writer_thread() -> None:
+    """As `proxy.core.redact.install` does: the filter lands on the output, off the event loop."""
+    threads: list[str] = []
+
+    class Where(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:  # noqa: ARG002 - logging.Filter
+            threads.append(threading.current_thread().name)
+            return True
+
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream)
+    try:
+        setup.handler.addFilter(Where())
+        logging.getLogger("proxy.test.where").info("where am I")
+    finally:
+        setup.close()
+    assert threads == ["log-writer"]
+    assert "where am I" in stream.getvalue()
