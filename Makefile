@@ -15,18 +15,22 @@ LATEST_VENV := .venv-latest
 # Python the project supports. uv comes from the test lock itself.
 COMPILE := $(BIN)/uv pip compile --quiet --universal --generate-hashes --python-version 3.11
 
-.PHONY: demo test race lint typecheck unit setup system-deps clean bench bench-deps \
+.PHONY: demo test race lint layers typecheck unit setup system-deps clean bench bench-deps \
         upgrade test-latest lock
 
 demo: $(STAMP)
 	$(BIN)/nmbrs-proxy demo
 
-test: $(STAMP) system-deps lint typecheck unit
+test: $(STAMP) system-deps lint layers typecheck unit
 
 setup: $(STAMP) system-deps
 
 lint: $(STAMP)
 	$(BIN)/ruff check proxy tests bench
+
+# The import contracts of pyproject.toml's [tool.importlinter]: layers, no cycles, pure rules.
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -73,6 +77,7 @@ test-latest: system-deps
 	$(LATEST_VENV)/bin/pip freeze --exclude-editable > $(LATEST_VENV)/resolved.txt
 	@echo "resolved (unlocked): $$(tr '\n' ' ' < $(LATEST_VENV)/resolved.txt)"
 	$(LATEST_VENV)/bin/ruff check proxy tests bench
+	$(LATEST_VENV)/bin/lint-imports
 	$(LATEST_VENV)/bin/mypy
 	NMBRS_PROXY_UNLOCKED=1 $(LATEST_VENV)/bin/pytest
 
