@@ -31,7 +31,8 @@ from proxy.oauth.protocol import (
     new_state,
     pkce_challenge,
 )
-from proxy.ops import pages
+from proxy.ops.layout import format_relative, format_utc
+from proxy.ops.outcome_pages import linked_page, problem_page
 from proxy.tokens.backends import open_store
 from proxy.tokens.grants import AuthorizationCodeGrant
 from proxy.tokens.store import StoreError, TokenStore
@@ -155,11 +156,11 @@ async def _login(
         _show(arrival, page)
     except _LoginFailed as failure:
         if arrival is not None:
-            _show(arrival, pages.problem_page("Linking failed", [str(failure)], back_link=False))
+            _show(arrival, problem_page("Linking failed", [str(failure)], back_link=False))
         raise
     finally:
         if arrival is not None:  # never leave the browser waiting (no-op once answered)
-            _show(arrival, pages.problem_page("Linking failed", ["See the terminal."]))
+            _show(arrival, problem_page("Linking failed", ["See the terminal."]))
         if runner is not None:
             await runner.cleanup()
 
@@ -214,10 +215,10 @@ async def _finish(
     scopes = " ".join(tokens.scopes) or "none reported"
     say(
         f"Linked connection {settings.name!r}: scopes {scopes}; the access token is valid until "
-        f"{pages.format_utc(tokens.expires_at)} "
-        f"({pages.format_relative(tokens.expires_at, now)}); saved to the token store."
+        f"{format_utc(tokens.expires_at)} "
+        f"({format_relative(tokens.expires_at, now)}); saved to the token store."
     )
-    return pages.linked_page(
+    return linked_page(
         connection=settings.name,
         scopes=tokens.scopes,
         expires_at=tokens.expires_at,
@@ -318,7 +319,7 @@ async def _listen(
     async def receive(request: web.Request) -> web.Response:
         if arrived.done():
             return _html(
-                pages.problem_page(
+                problem_page(
                     "Already handled", ["This login has already been answered."], back_link=False
                 ),
                 409,

@@ -346,7 +346,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 # --- event loops ------------------------------------------------------------------------------
 
-_BOTH_LOOPS = frozenset({"test_upstream.py", "test_forward.py"})
+# The forwarder's tests, and every test of the upstream client (its own folder).
+_BOTH_LOOPS = (Path(__file__).parent / "forwarding" / "test_forward.py",
+               Path(__file__).parent / "forwarding" / "upstream")
 
 
 def pytest_asyncio_loop_factories(
@@ -357,7 +359,7 @@ def pytest_asyncio_loop_factories(
     del config
     factories: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
         "asyncio": asyncio.new_event_loop}
-    if item.path.name not in _BOTH_LOOPS:
+    if not any(item.path == p or p in item.path.parents for p in _BOTH_LOOPS):
         return factories
     try:
         import uvloop  # noqa: PLC0415 - optional

@@ -25,10 +25,10 @@ from proxy.forwarding.shaping import Shaper
 from proxy.forwarding.upstream import Origin
 from proxy.oauth.nomba import ACCOUNT_HEADER
 from proxy.telemetry.metrics import ConnectionMetrics, ConnectionReport, Metrics
+from proxy.tokens.endpoints import Discovery
 from proxy.tokens.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
-    Discovery,
     Grant,
     NitroGrant,
     NombaGrant,

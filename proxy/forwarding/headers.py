@@ -33,7 +33,7 @@ _NOT_FORWARDED_UPSTREAM: Final = frozenset(
 )
 
 
-# The proxy's own cookies (the consent session, proxy/ops/consent.py) are for the proxy only.
+# The proxy's own cookies (the consent session, proxy/ops/session.py) are for the proxy only.
 PROXY_COOKIES: Final = frozenset({"nmbrs_proxy_session"})
 
 

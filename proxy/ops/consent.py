@@ -1,10 +1,6 @@
 """Consent routes: /_proxy/login (GET, or POST from the page) and the callback at each redirect
-URI's path. The status page and its other forms are in `proxy.ops.console`.
-
-A login keeps its `state`, PKCE verifier, connection, start time and (when the person entered
-one with Connect) the subscription key in an encrypted session cookie (aiohttp-session's
-EncryptedCookieStorage); the same cookie carries the page's CSRF token. The session is handled
-by these handlers alone, never by an app-wide middleware: forwarded requests do not pay for it.
+URI's path. The status page and its other forms are in `proxy.ops.console`; the session cookie
+the login keeps its `state` and PKCE verifier in is `proxy.ops.session`.
 
 Every login starts a fresh session (a new cookie value; only other pending logins are carried
 over, capped), and a callback removes the state it used, whatever the outcome, so a state is
@@ -13,31 +9,17 @@ good for one exchange only.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import hmac
 import logging
-import os
-import secrets
-import stat
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Final
 
 from aiohttp import web
-from aiohttp_session import Session
-from aiohttp_session.cookie_storage import EncryptedCookieStorage
-from cryptography.fernet import Fernet
 from yarl import URL
 
 from proxy.config import Settings
-from proxy.core.secret import Secret
 from proxy.forwarding.connection import Connection, valid_subscription_key
 from proxy.forwarding.state import PROXY_STATE
-from proxy.inbound import csrf
 from proxy.oauth.protocol import (
     GrantError,
     authorize_url,
@@ -46,216 +28,30 @@ from proxy.oauth.protocol import (
     pkce_challenge,
 )
 from proxy.oauth.token_set import TokenSet
-from proxy.ops import pages
+from proxy.ops.layout import LOGIN_PATH, STATUS_PATH
+from proxy.ops.outcome_pages import linked_page
+from proxy.ops.responses import PAGE_HEADERS, checked_form, page_response, problem_response
+from proxy.ops.session import (
+    CONSENT,
+    LOGIN_MAX_AGE_SECONDS,
+    Clock,
+    Consent,
+    PendingLogin,
+    capped,
+    match_state,
+    pending_logins,
+    store_pending,
+    unexpired,
+)
 from proxy.tokens.grants import AuthorizationCodeGrant
-from proxy.tokens.store import StoreError, write_atomically
+from proxy.tokens.store import StoreError
 
 log = logging.getLogger(__name__)
 
-Clock = Callable[[], float]
-
-SESSION_COOKIE: Final = "nmbrs_proxy_session"
-# How long a started login may take, from the redirect to the callback.
-LOGIN_MAX_AGE_SECONDS: Final = 600
-# How long the cookie (and so a page's CSRF token) lives; each login has its own limit above.
-SESSION_MAX_AGE_SECONDS: Final = 3600
-# Logins started in other tabs that stay valid; the oldest beyond this are forgotten.
-MAX_PENDING_LOGINS: Final = 5
-SESSION_KEY_FILE: Final = "session.key"
-_PENDING: Final = "pending"
 # The IdP's `error` / `error_description` are shown, cut to this length.
 _SHOWN_MAX: Final = 300
 # Identity-service errors that mean "try later", not "this request was wrong".
 _UNAVAILABLE_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error"})
-
-PAGE_HEADERS: Final = {
-    "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; "
-        "form-action 'none'; frame-ancestors 'none'"
-    ),
-}
-
-
-class SessionKeyError(RuntimeError):
-    """The session key file exists but cannot be used."""
-
-
-# --- the session key ------------------------------------------------------------------------
-
-
-def derive_session_key(secret: Secret) -> bytes:
-    """A Fernet key (urlsafe base64 of 32 bytes) from the configured session secret."""
-    digest = hashlib.sha256(secret.reveal().encode("utf-8")).digest()
-    return base64.urlsafe_b64encode(digest)
-
-
-def session_key_path(settings: Settings) -> Path:
-    return settings.store.path.parent / SESSION_KEY_FILE
-
-
-def load_or_create_session_key(path: Path) -> bytes:
-    """The key kept at `path`; generated (0600, written atomically) the first time."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        if _create_session_key(path):
-            log.info("generated a new session key in %s", path)
-        return load_or_create_session_key(path)  # ours, or the one another worker made first
-    except OSError as exc:
-        raise SessionKeyError(f"cannot read the session key {path}: {exc.strerror}") from None
-    key = raw.strip()
-    try:
-        Fernet(key)
-    except ValueError:
-        raise SessionKeyError(
-            f"{path} does not hold a session key; delete it to have a new one generated"
-        ) from None
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        log.warning("the session key %s is readable by others (mode %o); chmod 600", path, mode)
-    return key
-
-
-def _create_session_key(path: Path) -> bool:
-    """Write a new key unless one exists; several workers starting at once agree on one."""
-    staged = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.new")
-    write_atomically(staged, Fernet.generate_key() + b"\n", mode=0o600)
-    try:
-        path.hardlink_to(staged)  # fails when another process linked its key first
-    except FileExistsError:
-        return False
-    finally:
-        staged.unlink()
-    return True
-
-
-def session_key(settings: Settings) -> bytes:
-    if settings.session.secret is not None:
-        return derive_session_key(settings.session.secret)
-    return load_or_create_session_key(session_key_path(settings))
-
-
-# --- pending logins in the session ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PendingLogin:
-    connection: str
-    verifier: str = field(repr=False)
-    created: float
-    # Entered with Connect; kept with the token set once the login completes.
-    subscription_key: str | None = field(default=None, repr=False)
-
-    def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {
-            "connection": self.connection,
-            "verifier": self.verifier,
-            "created": self.created,
-        }
-        if self.subscription_key is not None:
-            data["subscription_key"] = self.subscription_key
-        return data
-
-    @classmethod
-    def from_json(cls, data: object) -> PendingLogin | None:
-        if not isinstance(data, Mapping):
-            return None
-        connection, verifier, created = (
-            data.get("connection"),
-            data.get("verifier"),
-            data.get("created"),
-        )
-        if not isinstance(connection, str) or not isinstance(verifier, str):
-            return None
-        if not isinstance(created, int | float) or isinstance(created, bool):
-            return None
-        key = data.get("subscription_key")
-        return cls(
-            connection=connection,
-            verifier=verifier,
-            created=float(created),
-            subscription_key=key if isinstance(key, str) else None,
-        )
-
-
-def pending_logins(session: Session) -> dict[str, PendingLogin]:
-    """The well-formed pending logins in `session`, by state (expired ones included)."""
-    raw = session.get(_PENDING)
-    if not isinstance(raw, Mapping):
-        return {}
-    found: dict[str, PendingLogin] = {}
-    for state, data in raw.items():
-        login = PendingLogin.from_json(data)
-        if isinstance(state, str) and login is not None:
-            found[state] = login
-    return found
-
-
-def _unexpired(pending: Mapping[str, PendingLogin], now: float) -> dict[str, PendingLogin]:
-    return {s: p for s, p in pending.items() if now - p.created < LOGIN_MAX_AGE_SECONDS}
-
-
-def _capped(pending: Mapping[str, PendingLogin]) -> dict[str, PendingLogin]:
-    newest = sorted(pending.items(), key=lambda item: item[1].created)[-MAX_PENDING_LOGINS:]
-    return dict(newest)
-
-
-def _store_pending(session: Session, pending: Mapping[str, PendingLogin]) -> None:
-    if pending:
-        session[_PENDING] = {state: login.to_json() for state, login in pending.items()}
-    else:
-        session.invalidate()  # nothing left: the cookie is deleted
-
-
-def match_state(pending: Mapping[str, PendingLogin], state: str) -> str | None:
-    """The pending state equal to `state`, compared in constant time against every one."""
-    found = None
-    for candidate in pending:
-        if hmac.compare_digest(candidate.encode(), state.encode()):
-            found = candidate
-    return found
-
-
-# --- app wiring -----------------------------------------------------------------------------
-
-
-@dataclass
-class Consent:
-    """Per-app consent state: the cookie storages (made at startup) and the clock."""
-
-    settings: Settings
-    clock: Clock
-    # One storage per value of the cookie's Secure flag; both use the same key.
-    storages: dict[bool, EncryptedCookieStorage] = field(default_factory=dict, repr=False)
-
-    async def startup(self, _app: web.Application) -> None:
-        key = await asyncio.to_thread(session_key, self.settings)
-        fernet = Fernet(key)
-        for secure in (False, True):
-            self.storages[secure] = EncryptedCookieStorage(
-                fernet,
-                cookie_name=SESSION_COOKIE,
-                max_age=SESSION_MAX_AGE_SECONDS,
-                path="/",
-                secure=secure or None,
-                httponly=True,
-                samesite="Lax",
-            )
-
-    def storage_for(self, connection: Connection) -> EncryptedCookieStorage:
-        """Secure cookies when the browser comes back over https."""
-        grant = connection.consent
-        return self.storages[grant is not None and URL(grant.redirect_uri).scheme == "https"]
-
-    async def load(self, request: web.Request) -> Session:
-        return await self.storages[False].load_session(request)
-
-
-CONSENT = web.AppKey("consent", Consent)
 
 
 def callback_path(redirect_uri: str) -> str:
@@ -269,46 +65,14 @@ def setup_consent(app: web.Application, settings: Settings, *, clock: Clock = ti
     app[CONSENT] = consent
     app.on_startup.append(consent.startup)
     app.router.add_get("/_proxy", _to_status_page)
-    app.router.add_get(pages.LOGIN_PATH, login)
-    app.router.add_post(pages.LOGIN_PATH, login_form)
+    app.router.add_get(LOGIN_PATH, login)
+    app.router.add_post(LOGIN_PATH, login_form)
     redirect_uris = {c.redirect_uri for c in settings.connections if c.redirect_uri is not None}
     for path in sorted({callback_path(uri) for uri in redirect_uris}):
         # A plain resource: a path with "{" in it is not mistaken for a route pattern.
         resource = web.PlainResource(path)
         app.router.register_resource(resource)
         resource.add_route("GET", callback)
-
-
-def page_response(
-    text: str, status: int = 200, *, headers: Mapping[str, str] = PAGE_HEADERS
-) -> web.Response:
-    return web.Response(
-        text=text, status=status, content_type="text/html", charset="utf-8", headers=headers
-    )
-
-
-def problem_response(
-    status: int, title: str, *lines: str, retry_connection: str | None = None
-) -> web.Response:
-    page = pages.problem_page(title, lines, retry_connection=retry_connection)
-    return page_response(page, status)
-
-
-async def checked_form(request: web.Request) -> Mapping[str, str] | web.Response:
-    """The fields of a POST from the /_proxy/ page, or the page that refuses it (CSRF)."""
-    if not csrf.same_origin(request.headers, host=request.host):
-        return problem_response(403, "Refused", "This form was sent from another site.")
-    form = await request.post()
-    fields = {name: value for name, value in form.items() if isinstance(value, str)}
-    session = await request.app[CONSENT].load(request)
-    if not csrf.tokens_match(csrf.token_of(session), fields.get(csrf.FORM_FIELD)):
-        return problem_response(
-            403,
-            "This form has expired",
-            "The page this form came from is too old, or was opened in another browser.",
-            "Reload the list of connections and try again.",
-        )
-    return fields
 
 
 def _shown(text: str, *, hide: tuple[str, ...] = ()) -> str:
@@ -330,7 +94,7 @@ def _secret_values(connection: Connection) -> tuple[str, ...]:
 
 
 async def _to_status_page(_request: web.Request) -> web.Response:
-    return web.Response(status=301, headers={"Location": pages.STATUS_PATH})
+    return web.Response(status=301, headers={"Location": STATUS_PATH})
 
 
 async def login(request: web.Request) -> web.Response:
@@ -401,14 +165,14 @@ async def _start_login(
 
     now = consent.clock()
     old = await consent.load(request)
-    pending = _unexpired(pending_logins(old), now)
+    pending = unexpired(pending_logins(old), now)
     state, verifier = new_state(), new_pkce_verifier()
     pending[state] = PendingLogin(
         connection=name, verifier=verifier, created=now, subscription_key=subscription_key
     )
     # A fresh session, never the one the browser brought: a new cookie value on every login.
     session = await consent.storage_for(connection).new_session()
-    _store_pending(session, _capped(pending))
+    store_pending(session, capped(pending))
 
     location = authorize_url(
         endpoints.authorization,
@@ -463,7 +227,7 @@ async def callback(request: web.Request) -> web.Response:
     except _Refusal as refusal:
         response = refusal.response()
     if started is not None:  # the state is used up, whatever happened
-        _store_pending(session, pending)
+        store_pending(session, pending)
         storage = (
             consent.storage_for(connection)
             if connection is not None
@@ -502,7 +266,7 @@ async def _complete(
         )
     log.info("connection %s linked", connection.name)
     return page_response(
-        pages.linked_page(
+        linked_page(
             connection=connection.name,
             scopes=tokens.scopes,
             expires_at=tokens.expires_at,

@@ -6,9 +6,9 @@ POST /_proxy/subscription-key   enter or replace a linked connection's subscript
 POST /_proxy/revoke             end the grant at the identity service and forget it here
 (POST /_proxy/login, the Connect button, is in `proxy.ops.consent` with the rest of consent.)
 
-Every form carries the CSRF token kept in the encrypted session cookie (`proxy.inbound.csrf`); after
-an action the browser is sent back to the page (303) with a fixed notice code, never with text
-from the request.
+Every form carries the CSRF token kept in the encrypted session cookie (`proxy.ops.session`),
+checked by `proxy.ops.responses.checked_form`; after an action the browser is sent back to the
+page (303) with a fixed notice code, never with text from the request.
 """
 
 from __future__ import annotations
@@ -27,15 +27,9 @@ from proxy.forwarding.state import PROXY_STATE
 from proxy.inbound import csrf
 from proxy.oauth.protocol import GrantError
 from proxy.ops import pages
-from proxy.ops.consent import (
-    CONSENT,
-    PAGE_HEADERS,
-    SESSION_MAX_AGE_SECONDS,
-    checked_form,
-    page_response,
-    pending_logins,
-    problem_response,
-)
+from proxy.ops.layout import KEY_PATH, REVOKE_PATH, STATUS_PATH
+from proxy.ops.responses import PAGE_HEADERS, checked_form, page_response, problem_response
+from proxy.ops.session import CONSENT, SESSION_MAX_AGE_SECONDS, pending_logins, store_pending
 from proxy.tokens.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -57,9 +51,9 @@ NOTICES: Final[Mapping[str, pages.Notice]] = {
 
 
 def setup_console(app: web.Application) -> None:
-    app.router.add_get(pages.STATUS_PATH, status_page)
-    app.router.add_post(pages.KEY_PATH, save_subscription_key)
-    app.router.add_post(pages.REVOKE_PATH, revoke)
+    app.router.add_get(STATUS_PATH, status_page)
+    app.router.add_post(KEY_PATH, save_subscription_key)
+    app.router.add_post(REVOKE_PATH, revoke)
 
 
 def card(connection: Connection, now: float) -> pages.ConnectionCard:
@@ -131,7 +125,7 @@ async def status_page(request: web.Request) -> web.Response:
         fresh = await storage.new_session()
         pending = pending_logins(session)
         if pending:
-            fresh["pending"] = {s: login.to_json() for s, login in pending.items()}
+            store_pending(fresh, pending)
         token = csrf.new_token()
         csrf.put_token(fresh, token)
     assert token is not None
@@ -150,7 +144,7 @@ async def status_page(request: web.Request) -> web.Response:
 
 
 def _back(done: str, connection: str) -> web.Response:
-    location = f"{pages.STATUS_PATH}?done={done}&connection={quote(connection, safe='')}"
+    location = f"{STATUS_PATH}?done={done}&connection={quote(connection, safe='')}"
     return web.Response(status=303, headers={**PAGE_HEADERS, "Location": location})
 
 

@@ -1,14 +1,15 @@
-"""Embedded fakes: Nmbrs (identity service and REST API in one aiohttp app), and the
-machine-credential upstreams (an RFC 6749 client-credentials server, Nomba, Nitro), each with
-an API behind it.
-
-Why it exists: the demo needs something to log in to, and the test suite needs an upstream
-that behaves like the real one, strictly (form-urlencoded Basic credentials, single-use codes
-and rotating refresh tokens, PKCE, a subscription-key gateway, rate limits, scopes).
-
-It imports nothing from the rest of the `proxy` package, on purpose: it is an independent
-implementation of the other side of the protocol, so a bug in the proxy's own OAuth helpers
-cannot hide by being shared with the thing that checks them.
+"""A strict, embedded fake of the proxy's upstreams: the Nmbrs identity service and REST API
+in one aiohttp app (`Sandbox`), and the machine-credential ones (an RFC 6749 client-credentials
+server, Nomba, Nitro), each with an API behind it. It behaves like the real thing, strictly:
+access tokens are signed JWTs (RS256, published in a JWKS); refresh tokens are single-use and
+rotate, and reusing one is invalid_grant and revokes its grant; codes are single-use, bound to
+their client, redirect URI and PKCE challenge, and expire; HTTP Basic client credentials are
+decoded as RFC 6749 §2.3.1 says (base64, then each part form-urldecoded); the API gateway
+answers 401 without the subscription key and 429 with Retry-After past the rate limit. It is
+what the demo logs in to, and the only upstream fake the test suite allows (no test mocks one).
+It imports no proxy code, on purpose (an import-linter contract checks it): it is an
+independent implementation of the other side of the protocol, so that a bug in the proxy's own
+OAuth helpers cannot pass every test by being shared with the thing that checks them.
 """
 
 from ._client_credentials import ClientCredentialsSandbox

@@ -16,11 +16,9 @@ from collections.abc import Mapping
 
 from aiohttp import web
 
+from ._client_auth import FORM, NO_STORE, client_credentials_of, error_json, parse_form
 from ._grants import OAuthError, expires_in
-from ._identity import FORM, client_credentials_of, error_json, parse_form
 from ._machine import MachineClient, MachineSandbox, bearer, check_secret
-
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
 class ClientCredentialsSandbox(MachineSandbox):
@@ -74,7 +72,7 @@ class ClientCredentialsSandbox(MachineSandbox):
         }
         if scopes:
             answer["scope"] = " ".join(scopes)
-        return web.json_response(answer, headers=_NO_STORE)
+        return web.json_response(answer, headers=NO_STORE)
 
     def _check_token_request(
         self, request: web.Request, body: bytes
@@ -133,7 +131,7 @@ class ClientCredentialsSandbox(MachineSandbox):
         if record is not None and record.client_id == client.client_id:
             self.revoke(token)
         self.stats.revocations += 1
-        return web.Response(status=200, headers=_NO_STORE)  # also for unknown tokens (§2.2)
+        return web.Response(status=200, headers=NO_STORE)  # also for unknown tokens (§2.2)
 
     def _check_revocation(self, request: web.Request, body: bytes) -> tuple[MachineClient, str]:
         form, client = self._authenticated_form(request, body)

@@ -18,8 +18,8 @@ from types import MappingProxyType
 from aiohttp import web
 from multidict import CIMultiDict
 
+from ._client_auth import secret_matches
 from ._grants import fingerprint
-from ._identity import secret_matches
 from ._ledger import remember
 from ._stats import RecordedRequest, SandboxStats, recorded_token_call
 

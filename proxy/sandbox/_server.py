@@ -15,7 +15,8 @@ from typing import Any, Protocol
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ._api import Maintenance, NmbrsApi
+from ._api import NmbrsApi
+from ._api_gateway import Maintenance
 from ._grants import Grant, GrantStore, expires_in
 from ._identity import IdentityService
 from ._keys import ACCESS_TOKEN_AUDIENCE, SigningKey
@@ -32,7 +33,9 @@ class Sandbox:
 
     All state lives in memory and dies with the object. Tests may replace `clock`,
     clear `token_gate`, set `token_delay` or `api_delay`, start and end a maintenance window,
-    and read `stats`.
+    and read `stats`. The handlers see it only through the protocols `IdentityHost` and
+    `ApiHost`, which say what they use of it, and read those attributes at each request, so a
+    replaced one takes effect at once.
     """
 
     def __init__(

@@ -30,7 +30,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from proxy.tokens.health import Assessment, Concern, LinkState
-from proxy.tokens.manager import TokenStatus
+from proxy.tokens.status import TokenStatus
 
 PREFIX: Final = "nmbrs_proxy"
 # Methods with a label of their own; anything else is counted as "other" (bounded cardinality).

@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass
 from typing import Final
 
-from proxy.tokens.manager import TokenStatus
+from proxy.tokens.status import TokenStatus
 
 DAY: Final = 86400.0
 # Warn this long before the refresh token reaches the end of its lifetime (at most half of it).

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.config import AuditSettings, load, parse
 from proxy.inbound.policy import LOOPBACK, AdminAccess
-from tests.config.test_config import EXAMPLE, config, problems
+from tests.config.helpers import EXAMPLE, config, problems
 
 KEY_A = hashlib.sha256(b"key-a").hexdigest()
 KEY_B = hashlib.sha256(b"key-b").hexdigest()

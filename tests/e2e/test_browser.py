@@ -27,8 +27,8 @@ from proxy.ops.pages import ConnectionCard, KeySource, status_page
 from proxy.sandbox import NMBRS_SCOPES, Sandbox, SandboxClient, SandboxSettings
 from proxy.telemetry.metrics import ConnectionReport
 from proxy.tokens.health import DAY, assess
-from proxy.tokens.manager import TokenStatus
 from proxy.tokens.model import TokenState
+from proxy.tokens.status import TokenStatus
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts"

@@ -13,7 +13,7 @@ import pytest
 
 from proxy.core.secret import Secret
 from proxy.forwarding.state import PROXY_STATE
-from proxy.ops.consent import (
+from proxy.ops.session import (
     CONSENT,
     LOGIN_MAX_AGE_SECONDS,
     MAX_PENDING_LOGINS,

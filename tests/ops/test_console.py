@@ -8,8 +8,8 @@ import re
 import pytest
 
 from proxy.inbound import csrf
-from proxy.ops.consent import SESSION_COOKIE
 from proxy.ops.console import notice_for
+from proxy.ops.session import SESSION_COOKIE
 from tests.ops.conftest import MakeEnv, Spec
 from tests.ops.helpers import CLIENT_ID, SUBSCRIPTION_KEY, Browser, Env, Hop
 

@@ -6,22 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from proxy.ops.pages import (
-    ConnectionCard,
-    KeySource,
-    Notice,
-    expiry_phrase,
-    format_duration,
-    format_relative,
-    format_utc,
-    linked_page,
-    problem_page,
-    status_page,
-)
+from proxy.ops.layout import format_duration, format_relative, format_utc
+from proxy.ops.outcome_pages import linked_page, problem_page
+from proxy.ops.pages import ConnectionCard, KeySource, Notice, expiry_phrase, status_page
 from proxy.telemetry.metrics import ConnectionReport
 from proxy.tokens.health import DAY, assess
-from proxy.tokens.manager import TokenStatus
 from proxy.tokens.model import TokenState
+from proxy.tokens.status import TokenStatus
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 HOSTILE = '<img src=x onerror="alert(1)">&\'"'

@@ -9,7 +9,7 @@ import time
 from cryptography.fernet import Fernet
 
 from proxy.core.secret import Secret
-from proxy.ops.consent import SESSION_COOKIE, derive_session_key
+from proxy.ops.session import SESSION_COOKIE, derive_session_key
 from tests.ops.conftest import MakeEnv, Spec
 
 SECRET = "a-session-secret-of-some-length"

@@ -12,7 +12,8 @@ from aiohttp.test_utils import TestServer
 
 from proxy.core.secret import Secret
 from proxy.oauth.protocol import GrantError
-from proxy.tokens.grants import AuthorizationCodeGrant, Discovery
+from proxy.tokens.endpoints import Discovery
+from proxy.tokens.grants import AuthorizationCodeGrant
 from tests.clock import FakeClock
 from tests.conftest import token_set
 

@@ -1,0 +1,30 @@
+"""What can go wrong talking to the upstream, as the forwarder tells the cases apart.
+
+    UpstreamError                 anything that went wrong talking to the upstream
+      ConnectError                no connection could be opened: nothing was sent
+        ConnectTimeout            ... in time (also a TimeoutError)
+      ReadTimeout                 the upstream went quiet while an answer was awaited
+      ProtocolError               the connection broke, or the answer was not HTTP/1.1
+"""
+
+from __future__ import annotations
+
+
+class UpstreamError(Exception):
+    """Something went wrong talking to the upstream."""
+
+
+class ConnectError(UpstreamError):
+    """No connection could be opened: nothing was sent."""
+
+
+class ConnectTimeout(ConnectError, TimeoutError):
+    """No connection could be opened in time: nothing was sent."""
+
+
+class ReadTimeout(UpstreamError, TimeoutError):
+    """The upstream sent nothing for `read_timeout` seconds while an answer was awaited."""
+
+
+class ProtocolError(UpstreamError):
+    """The connection broke, or what came back was not an HTTP/1.1 answer."""
