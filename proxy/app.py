@@ -20,8 +20,9 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config import Settings
-from proxy.core.errors import PROBLEM_CONTENT_TYPE, ProxyError
+from proxy.core.errors import ProxyError
 from proxy.forwarding.connection import build_connection
+from proxy.forwarding.dataplane import DATA_PLANE, data_plane, http_problem, problem_response
 from proxy.forwarding.forward import forward
 from proxy.forwarding.observe import (
     METRICS,
@@ -37,7 +38,7 @@ from proxy.inbound.access import DOOR, Door, access
 from proxy.ops.consent import setup_consent
 from proxy.ops.console import setup_console
 from proxy.ops.endpoints import healthz, metrics, readyz
-from proxy.telemetry.audit import PROBLEM, audit_middleware, setup_audit
+from proxy.telemetry.audit import audit_middleware, setup_audit
 from proxy.telemetry.metrics import Metrics
 from proxy.tokens.backends import open_store
 from proxy.tokens.store import TokenStore
@@ -46,15 +47,6 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 STORE = web.AppKey("store", TokenStore)
-
-
-def problem_response(error: ProxyError) -> web.Response:
-    response = web.json_response(
-        error.problem(), status=error.status, headers=error.headers,
-        content_type=PROBLEM_CONTENT_TYPE,
-    )
-    response[PROBLEM] = error.slug
-    return response
 
 
 @web.middleware
@@ -67,20 +59,7 @@ async def problems(request: web.Request, handler: Handler) -> web.StreamResponse
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        body = {
-            "type": f"urn:nmbrs-proxy:problem:http-{exc.status}",
-            "title": exc.reason,
-            "status": exc.status,
-            "detail": exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else "",
-        }
-        # The exception's own Content-Type/Length describe its text body, not this one.
-        headers = {k: v for k, v in exc.headers.items()
-                   if k.lower() not in {"content-type", "content-length"}}
-        response = web.json_response(
-            body, status=exc.status, headers=headers, content_type=PROBLEM_CONTENT_TYPE
-        )
-        response[PROBLEM] = f"http-{exc.status}"
-        return response
+        return http_problem(exc)
 
 
 async def _not_found(_request: web.Request) -> web.StreamResponse:
@@ -120,6 +99,7 @@ def create_app(
         client_max_size=1024**2,
     )
     app[DOOR] = door_for(settings)
+    app[DATA_PLANE] = data_plane  # forwarded requests skip the router (proxy.server.ProxyRunner)
     setup_audit(app, settings.audit)
     owns_store = store is None
     app[STORE] = store if store is not None else open_store(settings.store)

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+from aiohttp.web_server import Server
 
+from proxy.forwarding.dataplane import DATA_PLANE
 from proxy.forwarding.observe import TRAFFIC
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,22 @@ def notify(state: str, environ: Mapping[str, str]) -> bool:
     return True
 
 
+class ProxyRunner(web.AppRunner):
+    """An AppRunner whose server hands each request to the app's data plane first.
+
+    The data plane (proxy.forwarding.dataplane) forwards most requests itself and passes the
+    rest to the application's own handler; an app without one (the ops listener's) is served
+    as usual.
+    """
+
+    async def _make_server(self) -> Server:
+        server = await super()._make_server()
+        wrap = self.app.get(DATA_PLANE)
+        if wrap is not None:
+            server.request_handler = wrap(self.app, server.request_handler)
+        return server
+
+
 @dataclass(frozen=True)
 class OpsListener:
     """The second listener, for probes and scrapers (see `proxy.app.create_ops_app`)."""
@@ -122,7 +140,7 @@ async def serve(
     probes (readiness says "draining") while the proxy drains.
     """
     env = os.environ if environ is None else environ
-    runner = web.AppRunner(
+    runner = ProxyRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=_CUT_OFF_SECONDS
     )
     await runner.setup()

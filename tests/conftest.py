@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from proxy.app import create_app
 from proxy.config import (
@@ -30,9 +31,37 @@ from proxy.config import (
 from proxy.core.secret import Secret
 from proxy.inbound.policy import PathPattern
 from proxy.oauth.token_set import TokenSet
+from proxy.server import ProxyRunner
 from proxy.tokens.store import FileStore
 from tests.leaks import LogCapture, find_leaks
 from tests.redis_server import RedisServer
+
+
+class ProxyTestServer(TestServer):
+    """A TestServer that serves a proxy app as `serve` does: through its data plane, so that
+    forwarded requests take the same way in the tests as in production."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
+ProxyServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def proxy_server() -> AsyncIterator[ProxyServerFactory]:
+    """Like pytest-aiohttp's aiohttp_server, for the proxy's own app (see ProxyTestServer)."""
+    servers: list[TestServer] = []
+
+    async def serve(app: web.Application, *, port: int | None = None) -> TestServer:
+        server = ProxyTestServer(app, host="127.0.0.1", port=port)
+        await server.start_server()
+        servers.append(server)
+        return server
+
+    yield serve
+    while servers:
+        await servers.pop().close()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -255,7 +284,7 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[ProxyFactory]:
             connections=connections,
             **settings_fields,
         )
-        server = TestServer(create_app(settings), host="127.0.0.1")
+        server = ProxyTestServer(create_app(settings), host="127.0.0.1")
         client = TestClient(server, cookie_jar=aiohttp.CookieJar(unsafe=True))
         await client.start_server()
         clients.append(client)

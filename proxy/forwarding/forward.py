@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -23,8 +23,8 @@ from proxy.forwarding.cache import Plan, ResponseCache, invalidates, served_head
 from proxy.forwarding.connection import Connection
 from proxy.forwarding.exchange import Answer, Send, exchange, read_head
 from proxy.forwarding.headers import client_response_headers, upstream_request_headers
-from proxy.forwarding.observe import OBSERVATION
-from proxy.forwarding.state import PROXY_STATE
+from proxy.forwarding.observe import OBSERVATION, Observation
+from proxy.forwarding.state import PROXY_STATE, ProxyState
 
 log = logging.getLogger(__name__)
 
@@ -33,17 +33,32 @@ REPLAYABLE_BODY_LIMIT: Final = 64 * 1024
 CHUNK_SIZE: Final = 64 * 1024
 
 Body = bytes | AsyncIterator[bytes] | None
+# Called with each response just before it is prepared (data plane: request id, draining).
+PrepareHook = Callable[[web.StreamResponse], None]
+
+
+def _no_hook(_response: web.StreamResponse) -> None:
+    """The application's own on_response_prepare signal does this work on routed requests."""
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    state = request.app[PROXY_STATE]
+    """The catch-all route of the application (requests the data plane hands it)."""
+    return await forward_request(request, request.app[PROXY_STATE], request[OBSERVATION])
+
+
+async def forward_request(
+    request: web.BaseRequest,
+    state: ProxyState,
+    observation: Observation,
+    prepare_hook: PrepareHook = _no_hook,
+) -> web.StreamResponse:
     raw_target = request.raw_path
     path, _ = split_target(raw_target)
     prefix = match_prefix(state.prefixes, path)
     if prefix is None:
         raise NoConnection(f"no connection serves the path {path!r}")
     connection = state.by_prefix[prefix]
-    request[OBSERVATION].connection = connection
+    observation.connection = connection
     target = upstream_url("", prefix, raw_target)  # path and query below the upstream's base
 
     body: Body = None
@@ -55,28 +70,33 @@ async def forward(request: web.Request) -> web.StreamResponse:
             body = request.content.iter_chunked(CHUNK_SIZE)
 
     public_base = f"{request.scheme}://{request.host}{prefix.rstrip('/')}"
-    send = functools.partial(_send, request, connection, connection.base_path + target, body)
+    send = functools.partial(_send, request, state=state, observation=observation,
+                             connection=connection, target=connection.base_path + target,
+                             body=body)
     replayable = body is None or isinstance(body, bytes)
     cache = connection.cache
     if cache is not None:
         plan = cache.plan(request.method, target, request.headers, has_body=request.body_exists)
         if plan is not None:
             return await _through_cache(
-                request, connection=connection, cache=cache, plan=plan, send=send,
-                public_base=public_base,
+                request, observation, prepare_hook, connection=connection, cache=cache,
+                plan=plan, send=send, public_base=public_base,
             )
     answer = await exchange(connection, request.method, send, replayable=replayable)
     if cache is not None and invalidates(request.method, answer.response.status):
         cache.invalidate(split_target(target)[0])
     try:
         return await _relay(request, answer.response, connection.settings.upstream, public_base,
+                            observation=observation, prepare_hook=prepare_hook,
                             head=answer.head)
     finally:
         answer.release()
 
 
 async def _through_cache(
-    request: web.Request,
+    request: web.BaseRequest,
+    observation: Observation,
+    prepare_hook: PrepareHook,
     *,
     connection: Connection,
     cache: ResponseCache,
@@ -101,6 +121,7 @@ async def _through_cache(
             if entry is None:
                 cache.done(plan)  # waiters fetch on their own while this answer streams
                 return await _relay(request, upstream, upstream_base, public_base,
+                                    observation=observation, prepare_hook=prepare_hook,
                                     head=answer.head, extra_headers={"X-Cache": "MISS"})
         finally:
             cache.done(plan)
@@ -117,13 +138,15 @@ async def _through_cache(
 
 
 async def _send(
-    request: web.Request,
+    request: web.BaseRequest,
+    credentials: Mapping[str, str],
+    *,
+    state: ProxyState,
+    observation: Observation,
     connection: Connection,
     target: str,
     body: Body,
-    credentials: Mapping[str, str],
 ) -> upstream.Response:
-    observation = request[OBSERVATION]
     headers = upstream_request_headers(
         request.headers,
         client_address=request.remote,
@@ -135,7 +158,7 @@ async def _send(
     )
     sent = time.perf_counter()
     try:
-        response = await request.app[PROXY_STATE].pool.request(
+        response = await state.pool.request(
             connection.origin,
             request.method,
             target,
@@ -169,11 +192,13 @@ async def _send(
 
 
 async def _relay(
-    request: web.Request,
+    request: web.BaseRequest,
     answer: upstream.Response,
     upstream_base: str,
     public_base: str,
     *,
+    observation: Observation,
+    prepare_hook: PrepareHook,
     head: bytes = b"",
     extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
@@ -183,7 +208,6 @@ async def _relay(
     )
     if extra_headers:
         headers.update(extra_headers)
-    observation = request[OBSERVATION]
     rest = answer.buffered()
     if rest is not None and request.method != "HEAD":
         # A small answer usually arrives with its headers: one write, no stream machinery.
@@ -192,6 +216,7 @@ async def _relay(
         return web.Response(status=answer.status, reason=answer.reason, headers=headers,
                             body=head + rest if head else rest)
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+    prepare_hook(response)
     await response.prepare(request)
     observation.headers_sent = time.perf_counter()
     sent = len(head)

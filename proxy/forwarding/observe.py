@@ -120,15 +120,15 @@ def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
                     bound.added_latency.observe(max(0.0, added))
             level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
-                _log_access(level, request, observation, status=status, seconds=ended - started,
+                log_access(level, request, observation, status=status, seconds=ended - started,
                             response=response)
 
     return observe
 
 
-def _log_access(
+def log_access(
     level: int,
-    request: web.Request,
+    request: web.BaseRequest,
     observation: Observation,
     *,
     status: int,

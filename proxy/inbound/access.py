@@ -48,6 +48,14 @@ class Door:
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefixes", frozenset(self.connections))
 
+    def route(self, path: str) -> tuple[str | None, str]:
+        """The connection the forwarder will pick for the raw `path` (the same rule) and the
+        decoded path its upstream will see."""
+        prefix = match_prefix(self.prefixes, path)
+        if prefix is None:
+            return None, unquote(path)
+        return self.connections[prefix], unquote(path[len(prefix) - 1 :] or "/")
+
 
 DOOR = web.AppKey("door", Door)
 
@@ -74,21 +82,10 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
                         source=source)
     elif area is Area.FORWARD:
         client = identify_caller(door.policy, presented_key(request.headers))
-        connection, upstream_path = _route(request)
+        connection, upstream_path = door.route(split_target(request.raw_path)[0])
         note.client = client.name if client is not None else None
         note.connection = connection
         if client is not None:
             check_forward(client, source=source, connection=connection,
                           method=request.method, path=upstream_path)
     return await handler(request)
-
-
-def _route(request: web.Request) -> tuple[str | None, str]:
-    """The connection the forwarder will pick (the same rule, on the raw path) and the decoded
-    path its upstream will see."""
-    door = request.app[DOOR]
-    path, _ = split_target(request.raw_path)
-    prefix = match_prefix(door.prefixes, path)
-    if prefix is None:
-        return None, unquote(path)
-    return door.connections[prefix], unquote(path[len(prefix) - 1 :] or "/")

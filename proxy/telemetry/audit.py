@@ -20,15 +20,16 @@ the count is logged when the writer catches up.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import queue
 import re
+import secrets
 import sys
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any, Final
@@ -52,6 +53,10 @@ NOT_AUDITED: Final = frozenset({"/_proxy/healthz", "/_proxy/readyz"})
 # A status for a request whose client went away before an answer (nginx's convention).
 CLIENT_CLOSED: Final = 499
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# A new request id is this process's random half and a count: unique across processes and
+# replicas, and cheaper on every request than a random UUID.
+_ID_PREFIX: Final = secrets.token_hex(8)
+_ID_COUNT: Final = itertools.count(1)
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
@@ -63,7 +68,7 @@ def request_id(sent: str | None) -> str:
     """The client's X-Request-Id when it is a sane token, else a new random one."""
     if sent is not None and _REQUEST_ID.fullmatch(sent):
         return sent
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNT):016x}"
 
 
 def shown_target(raw_target: str, *, include_query: bool) -> str:
@@ -160,7 +165,6 @@ class AuditLog:
         self._thread.join()
 
     def _run(self) -> None:
-        stream: IO[str] | None = None
         reported = 0
         while True:
             batch = [self._queue.get()]
@@ -183,8 +187,8 @@ class AuditLog:
                 reported = dropped
             if None in batch:
                 break
-        if self._close_stream and stream is not None:
-            stream.close()
+        if self._close_stream:  # opened at start, written to or not
+            self._open_stream().close()
 
     def _drain(self) -> list[str | None]:
         found: list[str | None] = []

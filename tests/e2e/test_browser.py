@@ -29,6 +29,7 @@ from proxy.telemetry.metrics import ConnectionReport
 from proxy.tokens.health import DAY, assess
 from proxy.tokens.model import TokenState
 from proxy.tokens.status import TokenStatus
+from tests.conftest import ProxyServerFactory
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -59,7 +60,8 @@ async def browser() -> AsyncIterator[Browser]:
         await launched.close()
 
 
-async def start(aiohttp_server: AiohttpServer, tmp_path: Path) -> tuple[str, Sandbox]:
+async def start(aiohttp_server: AiohttpServer, proxy_server: ProxyServerFactory,
+                tmp_path: Path) -> tuple[str, Sandbox]:
     """The sandbox (asking for consent) and a proxy whose connection has no key configured."""
     port = unused_port()
     proxy_url = f"http://127.0.0.1:{port}"
@@ -87,7 +89,7 @@ async def start(aiohttp_server: AiohttpServer, tmp_path: Path) -> tuple[str, San
             ),
         ),
     )
-    await aiohttp_server(create_app(settings), port=port)
+    await proxy_server(create_app(settings), port=port)
     return proxy_url, sandbox
 
 
@@ -99,9 +101,10 @@ async def shot(page: Page, name: str) -> Path:
 
 
 async def test_link_an_account_from_the_page(
-    browser: Browser, aiohttp_server: AiohttpServer, tmp_path: Path
+    browser: Browser, aiohttp_server: AiohttpServer, proxy_server: ProxyServerFactory,
+    tmp_path: Path,
 ) -> None:
-    proxy_url, sandbox = await start(aiohttp_server, tmp_path)
+    proxy_url, sandbox = await start(aiohttp_server, proxy_server, tmp_path)
     page = await browser.new_page(viewport={"width": 1100, "height": 800})
     problems: list[str] = []
 

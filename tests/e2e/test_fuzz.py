@@ -35,7 +35,13 @@ from proxy.core.errors import ProxyError
 from proxy.inbound.guard import check_path
 from proxy.inbound.policy import Client, PathPattern, Rule, key_digest
 from proxy.tokens.store import FileStore
-from tests.conftest import SUBSCRIPTION_KEY, RecordingUpstream, connection_settings, token_set
+from tests.conftest import (
+    SUBSCRIPTION_KEY,
+    ProxyTestServer,
+    RecordingUpstream,
+    connection_settings,
+    token_set,
+)
 
 EXAMPLES = int(os.environ.get("NMBRS_PROXY_FUZZ_EXAMPLES", "300"))
 TOKEN = "fuzz-access-token"
@@ -73,7 +79,7 @@ def running_proxy(tmp_path: Path, *, with_clients: bool = False) -> Iterator[Run
             connections=(connection_settings(upstream=upstream.url),),
             clients=clients if with_clients else (),
         ))
-        proxy_server = TestServer(app, host="127.0.0.1")
+        proxy_server = ProxyTestServer(app, host="127.0.0.1")
         await proxy_server.start_server()
         servers.append(proxy_server)
         assert proxy_server.port is not None

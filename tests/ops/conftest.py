@@ -16,6 +16,7 @@ from proxy.config import SessionSettings, Settings, StoreSettings
 from proxy.core.secret import Secret
 from proxy.sandbox import NMBRS_SCOPES, Sandbox, SandboxClient, SandboxSettings
 from tests.clock import FakeClock
+from tests.conftest import ProxyServerFactory
 from tests.ops.helpers import (
     CALLBACK_PATH,
     CLIENT_ID,
@@ -73,7 +74,7 @@ def register_client(sandbox: Sandbox, redirect_uris: Sequence[str]) -> None:
 
 @pytest.fixture
 async def make_env(
-    aiohttp_server: AiohttpServer,
+    proxy_server: ProxyServerFactory,
     sandbox_server: tuple[Sandbox, str, FakeClock],
     tmp_path: Path,
 ) -> AsyncIterator[MakeEnv]:
@@ -104,7 +105,7 @@ async def make_env(
             connections=connections,
         )
         app = create_app(settings)
-        await aiohttp_server(app, port=port)
+        await proxy_server(app, port=port)
         env = Env(
             sandbox=sandbox,
             sandbox_url=sandbox_url,

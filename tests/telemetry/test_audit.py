@@ -8,6 +8,8 @@ import hashlib
 import io
 import json
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -51,6 +53,16 @@ def test_request_ids(sent: str | None, kept: bool) -> None:
     found = request_id(sent)
     assert (found == sent) is kept
     assert len(found) <= 128
+
+
+def test_new_request_ids_are_unique_and_unguessable_across_processes() -> None:
+    here = {request_id(None) for _ in range(1000)}
+    assert len(here) == 1000
+    assert all(len(found) == 32 and int(found, 16) >= 0 for found in here)
+    code = "from proxy.telemetry.audit import request_id; print(request_id(None))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, timeout=60).stdout.strip()
+    assert other[:16] != next(iter(here))[:16]  # another process: another random half
 
 
 def test_an_audit_line() -> None:
@@ -193,6 +205,14 @@ async def test_a_write_error_is_logged_not_raised(caplog: pytest.LogCaptureFixtu
     audit.write("x\n")
     await asyncio.to_thread(audit.close)
     assert any("cannot write the audit log" in r.message for r in caplog.records)
+
+
+def test_a_file_is_closed_even_when_no_line_was_written(tmp_path: Path) -> None:
+    audit = AuditLog.open(AuditSettings(destination=str(tmp_path / "audit.jsonl")))
+    assert audit is not None
+    stream = audit._open_stream()
+    audit.close()
+    assert stream.closed
 
 
 def test_off_means_no_audit_log() -> None:

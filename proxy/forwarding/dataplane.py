@@ -1,0 +1,207 @@
+"""The data plane: a forwarded request's whole way through the proxy, in one coroutine.
+
+aiohttp's low-level server hands every request to `DataPlane.__call__`. A request for the
+proxy itself (`/_proxy/…`, an OAuth callback path), one whose path is percent-encoded (whose
+area only the router's decoding may decide) and one that sends `Expect` goes to the
+application (`web.Application`: routing, the middleware chain, the pages), unchanged. Every
+other request is forwarded here, doing in order what those middlewares do for it — request id,
+in-flight count, audit line, problem+json for errors, the guard, the access policy, then the
+forwarder, the metrics and the access line — without the router's resolution, the middleware
+wrappers or the response-prepare signal. What they decide is the same: the same functions
+decide it (guard, policy, forwarder), and the suite runs every forwarding test through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from aiohttp import hdrs, web
+
+from proxy.core.errors import PROBLEM_CONTENT_TYPE, ProxyError
+from proxy.core.http import split_target
+from proxy.forwarding.forward import forward_request
+from proxy.forwarding.headers import REQUEST_ID as REQUEST_ID_HEADER
+from proxy.forwarding.observe import (
+    CLIENT_CLOSED_REQUEST,
+    METRICS,
+    TRAFFIC,
+    Observation,
+    log_access,
+)
+from proxy.forwarding.state import PROXY_STATE
+from proxy.inbound import guard
+from proxy.inbound.access import DOOR, AccessNote
+from proxy.inbound.policy import (
+    PROXY_PATH,
+    check_forward,
+    identify_caller,
+    presented_key,
+    source_address,
+)
+from proxy.telemetry.audit import AUDIT_LOG, PROBLEM, audit_line, shown_target
+from proxy.telemetry.audit import request_id as pick_request_id
+from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+# Given the started application and its own handler, the listener's handler.
+DataPlaneFactory = Callable[[web.Application, Handler], Handler]
+
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+# The application's handler, wrapped by the data plane (set by the runner, see server.py).
+DATA_PLANE: Final = web.AppKey[DataPlaneFactory]("data_plane")
+
+
+def problem_response(error: ProxyError) -> web.Response:
+    """The problem+json answer of an error a client is told about."""
+    response = web.json_response(
+        error.problem(), status=error.status, headers=error.headers,
+        content_type=PROBLEM_CONTENT_TYPE,
+    )
+    response[PROBLEM] = error.slug
+    return response
+
+
+def http_problem(exc: web.HTTPException) -> web.Response:
+    """aiohttp's own HTTP error (a 404 of the router, a 413 of a body) as problem+json."""
+    body = {
+        "type": f"urn:nmbrs-proxy:problem:http-{exc.status}",
+        "title": exc.reason,
+        "status": exc.status,
+        "detail": exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" else "",
+    }
+    # The exception's own Content-Type/Length describe its text body, not this one.
+    headers = {k: v for k, v in exc.headers.items()
+               if k.lower() not in {"content-type", "content-length"}}
+    response = web.json_response(
+        body, status=exc.status, headers=headers, content_type=PROBLEM_CONTENT_TYPE
+    )
+    response[PROBLEM] = f"http-{exc.status}"
+    return response
+
+
+class DataPlane:
+    """The request handler of the proxy's listener; made once the application has started."""
+
+    __slots__ = ("_app_handler", "_audit", "_callback_paths", "_door", "_include_query",
+                 "_metrics", "_state", "_traffic")
+
+    def __init__(self, app: web.Application, app_handler: Handler) -> None:
+        self._app_handler = app_handler
+        self._door = app[DOOR]
+        self._callback_paths = self._door.callback_paths
+        self._state = app[PROXY_STATE]
+        self._metrics = app[METRICS]
+        self._traffic = app[TRAFFIC]
+        self._audit = app.get(AUDIT_LOG)
+        self._include_query = self._state.settings.audit.include_query
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        path = split_target(request.raw_path)[0]
+        if ("%" in path or path.startswith(PROXY_PATH) or path in self._callback_paths
+                or hdrs.EXPECT in request.headers):
+            return await self._app_handler(request)
+        return await self._forward(request, path)
+
+    async def _forward(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+        started = time.perf_counter()
+        request_id = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
+        observation = Observation(request_id, started)
+        CURRENT_REQUEST_ID.set(request_id)  # a task per request: no reset needed
+        traffic = self._traffic
+        traffic.in_flight += 1
+        note = AccessNote()
+        audit = self._audit
+        audit_at = time.time() if audit is not None else 0.0
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            try:
+                response = await self._admitted(request, path, observation, note)
+            except ProxyError as error:
+                response = problem_response(error)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                response = http_problem(exc)
+            if not response.prepared:
+                self._finish(response, request_id)
+                if audit is not None:  # send it now, so that its size is known
+                    await response.prepare(request)
+                    await response.write_eof()
+            status = response.status
+            return response  # noqa: TRY300 - the finally below needs `response`
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED_REQUEST
+            raise
+        finally:
+            ended = time.perf_counter()
+            traffic.in_flight -= 1
+            traffic.last_change = ended
+            self._count(request.method, status, observation, started)
+            if audit is not None:
+                audit.write(audit_line(
+                    at=audit_at,
+                    request_id=request_id,
+                    client=note.client,
+                    source=request.remote,
+                    connection=note.connection,
+                    method=request.method,
+                    target=shown_target(request.raw_path, include_query=self._include_query),
+                    status=status,
+                    bytes_in=request.content.total_bytes,
+                    bytes_out=0 if response is None else response.body_length,
+                    duration=ended - started,
+                    problem=None if response is None else response.get(PROBLEM),
+                ))
+            if access_log.isEnabledFor(logging.INFO):
+                log_access(logging.INFO, request, observation, status=status,
+                           seconds=ended - started, response=response)
+
+    async def _admitted(self, request: web.BaseRequest, path: str, observation: Observation,
+                        note: AccessNote) -> web.StreamResponse:
+        """The guard, then the policy (as the access middleware applies them), then forward."""
+        guard.check_request(request.method, request.raw_path,
+                            (request.version.major, request.version.minor),
+                            request.headers.items())
+        door = self._door
+        client = identify_caller(door.policy, presented_key(request.headers))
+        connection, upstream_path = door.route(path)
+        note.client = client.name if client is not None else None
+        note.connection = connection
+        if client is not None:
+            check_forward(client, source=source_address(request.remote), connection=connection,
+                          method=request.method, path=upstream_path)
+        finish = functools.partial(self._finish, request_id=observation.request_id)
+        return await forward_request(request, self._state, observation, finish)
+
+    def _finish(self, response: web.StreamResponse, request_id: str) -> None:
+        """What the application's on_response_prepare hook does for a routed request."""
+        response.headers[REQUEST_ID_HEADER] = request_id
+        if self._traffic.draining:
+            response.force_close()
+            response.headers["Connection"] = "close"
+
+    def _count(self, method: str, status: int, observation: Observation, started: float) -> None:
+        connection = observation.connection
+        if connection is None:
+            self._metrics.unrouted.request_done(method, status)
+            return
+        bound = connection.metrics
+        bound.request_done(method, status)
+        if observation.headers_sent is not None:
+            added = observation.headers_sent - started - observation.upstream_seconds
+            bound.added_latency.observe(max(0.0, added))
+
+
+def data_plane(app: web.Application, app_handler: Handler) -> Handler:
+    """The listener's handler for `app`, once it has started (see DATA_PLANE)."""
+    return DataPlane(app, app_handler)
