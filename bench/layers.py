@@ -3,9 +3,12 @@
     python bench/layers.py VARIANT CONFIG PORT
 
 VARIANT is one of:
-  full            the proxy as `serve` runs it: JSON logs at info level, one access line per
-                  request, every line through the redaction filter
-  no-access-line  the same with the access lines off (as `--log-level warning` does)
+  full            the proxy as `serve` runs it: its data plane forwards the requests, JSON logs
+                  at info level, one access line per request, every line through the redaction
+                  filter
+  app             the same requests through the application's router and middleware chain,
+                  as every request went before the data plane (and as /_proxy/ requests go)
+  no-access-line  as app, with the access lines off (as `--log-level warning` does)
   no-audit        ... and without the audit middleware
   no-access       ... and without the guard and access-policy middleware
   bare            ... and without the problem middleware: request ids and metrics (the observe
@@ -13,12 +16,13 @@ VARIANT is one of:
   minimal         as bare, with a handler that only sends the request on through the same
                   upstream client and answers with the body (no header rules, no retries, no
                   cache): what forwarding itself costs on aiohttp's server
-Each variant leaves out what the one before it kept. None but `full` is a way to run the
-proxy: they exist to be measured.
+From `app` on, each variant leaves out what the one before it kept. None but `full` is a way
+to run the proxy: they exist to be measured.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from pathlib import Path
@@ -32,10 +36,11 @@ from proxy.core import redact
 from proxy.core.secret import revealed_in
 from proxy.forwarding.forward import forward
 from proxy.forwarding.state import PROXY_STATE
+from proxy.server import ProxyRunner
 from proxy.telemetry.logs import setup_logging
 from proxy.workers import new_event_loop
 
-VARIANTS = ("full", "no-access-line", "no-audit", "no-access", "bare", "minimal")
+VARIANTS = ("full", "app", "no-access-line", "no-audit", "no-access", "bare", "minimal")
 _DROPPED = {"no-audit": {"audit"}, "no-access": {"audit", "access"},
             "bare": {"audit", "access", "problems"}, "minimal": {"audit", "access", "problems"}}
 
@@ -43,7 +48,7 @@ _DROPPED = {"no-audit": {"audit"}, "no-access": {"audit", "access"},
 def build(variant: str, config: Path) -> web.Application:
     settings = load(config, {})
     redact.install(revealed_in(settings))
-    if variant != "full":
+    if variant not in {"full", "app"}:
         logging.getLogger("proxy.access").setLevel(logging.WARNING)
     app = composition.create_app(settings)
     dropped = _DROPPED.get(variant, set())
@@ -77,14 +82,29 @@ def build(variant: str, config: Path) -> web.Application:
     return app
 
 
+async def serve_full(app: web.Application, port: int) -> None:
+    """As `serve` listens: ProxyRunner hands each request to the data plane first."""
+    runner = ProxyRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
 if __name__ == "__main__":
     variant, config, port = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
     logs = setup_logging("info", "json")  # as `serve` logs, to stderr (the bench's log file)
     try:
-        web.run_app(build(variant, config), host="127.0.0.1", port=port,
-                    loop=new_event_loop(), access_log=None, print=None,
-                    handler_cancellation=True)
+        if variant == "full":
+            with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
+                loop_runner.run(serve_full(build(variant, config), port))
+        else:
+            web.run_app(build(variant, config), host="127.0.0.1", port=port,
+                        loop=new_event_loop(), access_log=None, print=None,
+                        handler_cancellation=True)
     finally:
         logs.close()

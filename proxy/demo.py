@@ -30,6 +30,7 @@ from proxy.sandbox import (
     SandboxSettings,
     start_sandbox,
 )
+from proxy.server import ProxyRunner
 
 DEMO_HOST: Final = "127.0.0.1"
 DEMO_TOKEN_LIFETIME: Final = 120.0
@@ -88,7 +89,7 @@ async def run_demo(*, port: int, sandbox_port: int, smoke: bool, stdout: TextIO)
                 ),
             ),
         )
-        runner = web.AppRunner(create_app(settings), handler_cancellation=True, access_log=None)
+        runner = ProxyRunner(create_app(settings), handler_cancellation=True, access_log=None)
         await runner.setup()
         await web.SockSite(runner, proxy_socket).start()
         try:
