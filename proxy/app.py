@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
-from yarl import URL
 
 from proxy.config import Settings
 from proxy.core.errors import ProxyError
@@ -34,10 +33,11 @@ from proxy.forwarding.observe import (
 )
 from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.forwarding.upstream import Pool
-from proxy.inbound.access import DOOR, Door, access
+from proxy.inbound.access import DOOR, Doorway, access
 from proxy.ops.consent import setup_consent
 from proxy.ops.console import setup_console
 from proxy.ops.endpoints import healthz, metrics, readyz
+from proxy.ops.reload import SettingsSource, door_for, setup_reload
 from proxy.telemetry.audit import audit_middleware, setup_audit
 from proxy.telemetry.metrics import Metrics
 from proxy.tokens.backends import open_store
@@ -67,38 +67,27 @@ async def _not_found(_request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound
 
 
-def door_for(settings: Settings) -> Door:
-    """The access middleware's plain data, compiled once from the configuration."""
-    return Door(
-        policy=settings.access_policy(),
-        callback_paths=frozenset(
-            URL(c.redirect_uri).path_safe or "/"
-            for c in settings.connections
-            if c.redirect_uri is not None
-        ),
-        connections={c.prefix: c.name for c in settings.connections},
-    )
-
-
 def create_app(
     settings: Settings,
     *,
     clock: Callable[[], float] = time.time,
     store: TokenStore | None = None,
+    reload_from: SettingsSource | None = None,
 ) -> web.Application:
+    """The proxy's application; `reload_from` reads the configuration file again (reload)."""
     traffic = Traffic()
     registry = Metrics()
     registry.count_in_flight(lambda: traffic.in_flight)
     app = web.Application(
         middlewares=[
             observe_middleware(registry, traffic),
-            audit_middleware(settings.audit),
+            audit_middleware(),
             problems,
             access,
         ],
         client_max_size=1024**2,
     )
-    app[DOOR] = door_for(settings)
+    app[DOOR] = Doorway(door_for(settings))
     app[DATA_PLANE] = data_plane  # forwarded requests skip the router (proxy.server.ProxyRunner)
     setup_audit(app, settings.audit)
     owns_store = store is None
@@ -161,6 +150,7 @@ def create_app(
     app.router.add_get("/_proxy/readyz", readyz)
     app.router.add_get("/_proxy/metrics", metrics)
     setup_consent(app, settings, clock=clock)
+    setup_reload(app, reload_from)
     setup_console(app)
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
     app.router.add_route("*", "/{tail:.*}", forward)

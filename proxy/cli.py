@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import TextIO
 
 import aiohttp
 
-from proxy.config import ConfigError, Settings, config_path, load
+from proxy.config import ConfigError, Settings, config_path, load, reload_source
 from proxy.core import redact
 from proxy.core.secret import revealed_in
 from proxy.inbound.policy import bind_problem, exposure_warning, hash_key, new_key
@@ -68,6 +69,12 @@ def _login(args: argparse.Namespace, settings: Settings) -> int:
     code: int = asyncio.run(run_login(settings, args.connection, stdin=sys.stdin,
                                       stdout=sys.stdout, listen=not args.no_listen))
     return code
+
+
+def _reload(args: argparse.Namespace, settings: Settings) -> int:
+    from proxy.reload_cli import run_reload  # noqa: PLC0415 - a rarely used path
+
+    return run_reload(settings, args.url, out=sys.stdout, err=sys.stderr)
 
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
@@ -145,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="override [server] port")
     serve.add_argument("--workers", type=_positive, default=1,
                        help="worker processes sharing the port (SO_REUSEPORT); default 1")
+    reload = with_config("reload", "make the running proxy reload its configuration file")
+    reload.set_defaults(run=_with_settings(_reload))
+    reload.add_argument("--url", help="the proxy's reload endpoint (default: from [server])")
     check = with_config("check-config", "validate the configuration and exit")
     check.set_defaults(run=_with_settings(_check_config))
     status = with_config("status", "show each connection's token state (no secrets)")
@@ -236,8 +246,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     # Sockets passed by a service manager (systemd socket activation) win over host and port.
     sockets = inherited_sockets(os.environ, os.getpid())
     port = settings.server.port if args.port is None else args.port
+    source = functools.partial(reload_source, config_path(args.config, os.environ).absolute(),
+                               host)
     if args.workers == 1:
-        return serve(settings, host, port, sockets=sockets)
+        return serve(settings, host, port, sockets=sockets, reload_from=source)
     if sockets:
         print("nmbrs-proxy: --workers cannot share sockets passed by a service manager; "
               "start one process per socket instead", file=sys.stderr)
@@ -246,7 +258,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         print("nmbrs-proxy: --workers needs a fixed port, not 0", file=sys.stderr)
         return EXIT_FAILED
     return run_workers(settings, host, port, count=args.workers, log_level=args.log_level,
-                       log_format=args.log_format)
+                       log_format=args.log_format, reload_from=source)
 
 
 async def _status(settings: Settings, out: TextIO) -> int:

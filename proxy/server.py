@@ -38,6 +38,7 @@ from aiohttp.web_server import Server
 
 from proxy.forwarding.dataplane import DATA_PLANE
 from proxy.forwarding.observe import TRAFFIC
+from proxy.ops.reload import RELOADER
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,7 @@ async def serve(
     await runner.setup()
     ops_runner = None if ops is None else await ops.start()
     signals = _Signals()
+    _reload_on_sighup(app)
     sites: list[web.BaseSite] = (
         [web.SockSite(runner, sock) for sock in sockets]
         if sockets
@@ -191,7 +193,27 @@ async def serve(
         if ops_runner is not None:
             await ops_runner.cleanup()
         signals.close()
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
     log.info("stopped", extra={"event": "stopped"})
+
+
+def _reload_on_sighup(app: web.Application) -> None:
+    """SIGHUP (what `systemctl reload` and most supervisors send) reloads the configuration
+    file (proxy.ops.reload) instead of ending the process."""
+    loop = asyncio.get_running_loop()
+    reloader = app.get(RELOADER)
+    running: set[asyncio.Task[object]] = set()
+
+    def on_sighup() -> None:
+        if reloader is None:
+            log.warning("SIGHUP: this app has nothing to reload")
+            return
+        log.info("SIGHUP: reloading the configuration", extra={"event": "sighup"})
+        task: asyncio.Task[object] = loop.create_task(reloader.reload(app))
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
 
 def _address(name: object) -> str:

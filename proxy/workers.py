@@ -23,12 +23,12 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Final
 
-from proxy.config import Settings
+from proxy.config import ConfigError, Settings
 from proxy.core import redact
 from proxy.core.secret import revealed_in
 from proxy.telemetry.logs import setup_logging
@@ -64,16 +64,20 @@ def new_event_loop(environ: Mapping[str, str] = os.environ) -> asyncio.AbstractE
     return asyncio.new_event_loop()
 
 
+# Reads the configuration file again (a reload); picklable, for the spawned workers.
+SettingsSource = Callable[[], Settings]
+
+
 def serve(
     settings: Settings, host: str, port: int, *, reuse_port: bool = False,
-    sockets: Sequence[socket.socket] = (),
+    sockets: Sequence[socket.socket] = (), reload_from: SettingsSource | None = None,
 ) -> int:
-    """Run the proxy in this process until SIGTERM or SIGINT; the exit code."""
+    """Run the proxy in this process until SIGTERM or SIGINT (SIGHUP: reload); the exit code."""
     from proxy.app import create_app, create_ops_app  # noqa: PLC0415 - keeps the CLI light
     from proxy.server import OpsListener  # noqa: PLC0415 - as above
     from proxy.server import serve as serve_app  # noqa: PLC0415 - as above
 
-    app = create_app(settings)
+    app = create_app(settings, reload_from=reload_from)
     server = settings.server
     ops = (
         None if server.ops_port is None
@@ -108,14 +112,35 @@ class _WorkerField(logging.Filter):
         return True
 
 
-def _worker(settings: Settings, host: str, port: int, log_level: str, log_format: str) -> None:
+@dataclass(frozen=True)
+class _WorkerArgs:
+    """What a spawned worker is given (pickled)."""
+
+    settings: Settings
+    host: str
+    port: int
+    log_level: str
+    log_format: str
+    reload_from: SettingsSource | None
+
+
+def _worker(args: _WorkerArgs) -> None:
+    settings, host, port = args.settings, args.host, args.port
+    log_level, log_format, reload_from = args.log_level, args.log_format, args.reload_from
     # Out of the terminal's process group: Ctrl-C reaches the parent only, which stops the
     # workers with one SIGTERM each (a second signal would cut their drain short).
     os.setpgid(0, 0)
     logs = setup_logging(log_level, log_format, filters=[_WorkerField(os.getpid())])
+    if reload_from is not None:
+        # A worker started after a reload (to replace one that exited) serves the file as it
+        # is now, like the others; a file broken since then leaves it the supervisor's copy.
+        try:
+            settings = reload_from()
+        except ConfigError as error:
+            log.warning("worker starts with the settings the supervisor read: %s", error)
     redact.install(revealed_in(settings))  # as in the parent: secrets never reach the log
     try:
-        code = serve(settings, host, port, reuse_port=True)
+        code = serve(settings, host, port, reuse_port=True, reload_from=reload_from)
     finally:
         logs.close()
     sys.exit(code)
@@ -128,19 +153,32 @@ class _Worker:
 
 
 def run_workers(
-    settings: Settings, host: str, port: int, *, count: int, log_level: str, log_format: str
+    settings: Settings, host: str, port: int, *, count: int, log_level: str, log_format: str,
+    reload_from: SettingsSource | None = None,
 ) -> int:
-    """Supervise `count` workers until a signal stops them; the exit code of the server."""
+    """Supervise `count` workers until a signal stops them; the exit code of the server.
+
+    SIGHUP is passed to every worker, each of which reloads the configuration file; a worker
+    asked to reload by the admin API sends the supervisor a SIGHUP, so that all of them do.
+    """
+    from proxy.ops.reload import SUPERVISOR_ENV  # noqa: PLC0415 - keeps the CLI light
+
     context = multiprocessing.get_context("spawn")
     stopping = threading.Event()
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())  # the spawned workers inherit it
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping the workers", signal.Signals(signum).name)
         stopping.set()
 
+    def on_sighup(_signum: int, _frame: FrameType | None) -> None:
+        log.info("received SIGHUP: every worker reloads the configuration")
+        _signal_all(workers, signal.SIGHUP)
+
     def start(number: int) -> _Worker:
         process = context.Process(
-            target=_worker, args=(settings, host, port, log_level, log_format),
+            target=_worker,
+            args=(_WorkerArgs(settings, host, port, log_level, log_format, reload_from),),
             name=f"worker-{number}",
         )
         process.start()
@@ -148,8 +186,9 @@ def run_workers(
                  extra={"event": "worker_started", "worker": process.pid})
         return _Worker(process, time.monotonic())
 
-    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     workers: list[_Worker] = []
+    handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handlers[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_sighup)
     code = 0
     try:
         workers = [start(number) for number in range(count)]
@@ -178,6 +217,12 @@ def run_workers(
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
     return code
+
+
+def _signal_all(workers: list[_Worker], signum: int) -> None:
+    for worker in workers:
+        if worker.process.is_alive() and worker.process.pid is not None:
+            os.kill(worker.process.pid, signum)
 
 
 def _stop_all(workers: list[_Worker], patience: float) -> None:

@@ -347,3 +347,9 @@ def test_systemd_stop_timeout_covers_the_drain() -> None:
     service = unit("nmbrs-proxy.service")["Service"]
     assert service["KillSignal"] == "SIGTERM"
     assert int(service["TimeoutStopSec"]) > settings.server.shutdown_grace_seconds
+
+
+def test_systemd_reload_sends_sighup_which_reloads_the_file() -> None:
+    """`systemctl reload` signals the main process; SIGHUP reloads (tests/e2e/test_reload_e2e)."""
+    service = unit("nmbrs-proxy.service")["Service"]
+    assert shlex.split(service["ExecReload"]) == ["/bin/kill", "-HUP", "$MAINPID"]

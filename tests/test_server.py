@@ -177,10 +177,11 @@ class ProxyProcess:
 
 
 async def start_proxy(
-    config: Path, *, inherit: socket.socket | None = None, env: dict[str, str] | None = None
+    config: Path, *, inherit: socket.socket | None = None, env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> ProxyProcess:
     command = [sys.executable, "-m", "proxy", "--log-format", "json", "serve",
-               "--config", str(config)]
+               "--config", str(config), *args]
     pass_fds: tuple[int, ...] = ()
     if inherit is not None:
         # What systemd does: the socket as fd 3, LISTEN_FDS=1, LISTEN_PID = the server's pid

@@ -8,7 +8,7 @@ validation that collects every problem with its dotted key rather than stopping 
 constants; the layers above import its names from here.
 """
 
-from proxy.config.loading import config_path, load, parse
+from proxy.config.loading import config_path, load, parse, reload_source
 from proxy.config.problems import ConfigError
 from proxy.config.schema import (
     AUDIT_OFF,
@@ -42,4 +42,5 @@ __all__ = [
     "config_path",
     "load",
     "parse",
+    "reload_source",
 ]

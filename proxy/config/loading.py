@@ -7,6 +7,7 @@ tables, and then makes the checks between sections that no single one can make.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from proxy.config.reader import _Reader
 from proxy.config.references import _Context
 from proxy.config.schema import ServerSettings, SessionSettings, Settings, StoreSettings
 from proxy.config.sections import _server, _session, _store
+from proxy.inbound.policy import bind_problem
 
 _CONFIG_ENV: Final = "NMBRS_PROXY_CONFIG"
 _DEFAULT_CONFIG_FILE: Final = "config.toml"
@@ -27,6 +29,17 @@ _DEFAULT_CONFIG_FILE: Final = "config.toml"
 def config_path(cli_value: str | None, environ: Mapping[str, str]) -> Path:
     """Where the configuration lives: `--config`, else $NMBRS_PROXY_CONFIG, else ./config.toml."""
     return Path(cli_value or environ.get(_CONFIG_ENV) or _DEFAULT_CONFIG_FILE)
+
+
+def reload_source(path: Path, listen_host: str) -> Settings:
+    """The file again, as a reload of a running proxy reads it: refused also when its clients
+    would leave the address the proxy really listens on open to anyone (a `--host` given at
+    start may differ from `server.host`)."""
+    settings = load(path, os.environ)
+    refusal = bind_problem(listen_host, settings.access_policy())
+    if refusal is not None:
+        raise ConfigError([f"clients: the proxy listens on {listen_host}: {refusal}"])
+    return settings
 
 
 def load(path: Path, environ: Mapping[str, str]) -> Settings:

@@ -35,7 +35,7 @@ from proxy.forwarding.observe import (
 )
 from proxy.forwarding.state import PROXY_STATE
 from proxy.inbound import guard
-from proxy.inbound.access import DOOR, AccessNote
+from proxy.inbound.access import DOOR, AccessNote, Door
 from proxy.inbound.policy import (
     PROXY_PATH,
     check_forward,
@@ -43,7 +43,7 @@ from proxy.inbound.policy import (
     presented_key,
     source_address,
 )
-from proxy.telemetry.audit import AUDIT_LOG, PROBLEM, audit_line, shown_target
+from proxy.telemetry.audit import AUDITING, PROBLEM, audit_line, shown_target
 from proxy.telemetry.audit import request_id as pick_request_id
 from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
 
@@ -88,27 +88,27 @@ def http_problem(exc: web.HTTPException) -> web.Response:
 class DataPlane:
     """The request handler of the proxy's listener; made once the application has started."""
 
-    __slots__ = ("_app_handler", "_audit", "_callback_paths", "_door", "_include_query",
-                 "_metrics", "_state", "_traffic")
+    __slots__ = ("_app_handler", "_auditing", "_doorway", "_metrics", "_state", "_traffic")
 
     def __init__(self, app: web.Application, app_handler: Handler) -> None:
         self._app_handler = app_handler
-        self._door = app[DOOR]
-        self._callback_paths = self._door.callback_paths
+        # Holders a reload fills anew (proxy.ops.reload): read once per request.
+        self._doorway = app[DOOR]
+        self._auditing = app[AUDITING]
         self._state = app[PROXY_STATE]
         self._metrics = app[METRICS]
         self._traffic = app[TRAFFIC]
-        self._audit = app.get(AUDIT_LOG)
-        self._include_query = self._state.settings.audit.include_query
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         path = split_target(request.raw_path)[0]
-        if ("%" in path or path.startswith(PROXY_PATH) or path in self._callback_paths
+        door = self._doorway.door
+        if ("%" in path or path.startswith(PROXY_PATH) or path in door.callback_paths
                 or hdrs.EXPECT in request.headers):
             return await self._app_handler(request)
-        return await self._forward(request, path)
+        return await self._forward(request, path, door)
 
-    async def _forward(self, request: web.BaseRequest, path: str) -> web.StreamResponse:
+    async def _forward(self, request: web.BaseRequest, path: str, door: Door
+                       ) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
         observation = Observation(request_id, started)
@@ -116,13 +116,14 @@ class DataPlane:
         traffic = self._traffic
         traffic.in_flight += 1
         note = AccessNote()
-        audit = self._audit
+        auditing = self._auditing
+        audit, include_query = auditing.log, auditing.settings.include_query
         audit_at = time.time() if audit is not None else 0.0
         status = 500
         response: web.StreamResponse | None = None
         try:
             try:
-                response = await self._admitted(request, path, observation, note)
+                response = await self._admitted(request, path, door, observation, note)
             except ProxyError as error:
                 response = problem_response(error)
             except web.HTTPException as exc:
@@ -155,7 +156,7 @@ class DataPlane:
                     source=request.remote,
                     connection=note.connection,
                     method=request.method,
-                    target=shown_target(request.raw_path, include_query=self._include_query),
+                    target=shown_target(request.raw_path, include_query=include_query),
                     status=status,
                     bytes_in=request.content.total_bytes,
                     bytes_out=0 if response is None else response.body_length,
@@ -166,13 +167,12 @@ class DataPlane:
                 log_access(logging.INFO, request, observation, status=status,
                            seconds=ended - started, response=response)
 
-    async def _admitted(self, request: web.BaseRequest, path: str, observation: Observation,
-                        note: AccessNote) -> web.StreamResponse:
+    async def _admitted(self, request: web.BaseRequest, path: str, door: Door,
+                        observation: Observation, note: AccessNote) -> web.StreamResponse:
         """The guard, then the policy (as the access middleware applies them), then forward."""
         guard.check_request(request.method, request.raw_path,
                             (request.version.major, request.version.minor),
                             request.headers.items())
-        door = self._door
         client = identify_caller(door.policy, presented_key(request.headers))
         connection, upstream_path = door.route(path)
         note.client = client.name if client is not None else None

@@ -57,7 +57,14 @@ class Door:
         return self.connections[prefix], unquote(path[len(prefix) - 1 :] or "/")
 
 
-DOOR = web.AppKey("door", Door)
+@dataclass
+class Doorway:
+    """The door in force: a reload replaces it whole; each request reads it once."""
+
+    door: Door
+
+
+DOOR = web.AppKey("door", Doorway)
 
 
 @web.middleware
@@ -69,7 +76,7 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         (request.version.major, request.version.minor),
         request.headers.items(),
     )
-    door = request.app[DOOR]
+    door = request.app[DOOR].door
     note = request.get(ACCESS_NOTE)
     if note is None:
         note = request[ACCESS_NOTE] = AccessNote()

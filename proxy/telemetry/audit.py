@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -199,32 +200,48 @@ class AuditLog:
                 return found
 
 
-AUDIT_LOG = web.AppKey("audit_log", AuditLog)
+@dataclass
+class Auditing:
+    """The audit settings in force and their log; a reload switches both in one step."""
+
+    settings: AuditSettings
+    log: AuditLog | None = None
+
+    async def switch(self, settings: AuditSettings) -> None:
+        """Take on `settings`; a new destination is opened (OSError: nothing changes) before
+        the old one is closed, after writing what it has queued."""
+        old = self.log
+        if settings.destination != self.settings.destination:
+            self.log = await asyncio.to_thread(AuditLog.open, settings)
+            if old is not None:
+                await asyncio.to_thread(old.close)
+        self.settings = settings
+
+
+AUDITING = web.AppKey("auditing", Auditing)
 
 
 def setup_audit(app: web.Application, settings: AuditSettings) -> None:
     """Open the audit log with the app and close it (after writing what is queued) at cleanup."""
+    auditing = app[AUDITING] = Auditing(settings)
 
-    async def audit_ctx(app: web.Application) -> AsyncIterator[None]:
-        audit = await asyncio.to_thread(AuditLog.open, settings)
-        if audit is not None:
-            app[AUDIT_LOG] = audit
+    async def audit_ctx(_app: web.Application) -> AsyncIterator[None]:
+        auditing.log = await asyncio.to_thread(AuditLog.open, auditing.settings)
         yield
-        if audit is not None:
-            await asyncio.to_thread(audit.close)
+        if auditing.log is not None:
+            await asyncio.to_thread(auditing.log.close)
 
     app.cleanup_ctx.append(audit_ctx)
 
 
-def audit_middleware(settings: AuditSettings) -> Middleware:
-    include_query = settings.include_query
-
+def audit_middleware() -> Middleware:
     @web.middleware
     async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
         if REQUEST_ID not in request:  # picked already by the outer observe middleware
             request[REQUEST_ID] = request_id(request.headers.get("X-Request-Id"))
         request[ACCESS_NOTE] = AccessNote()
-        log_to = request.app.get(AUDIT_LOG)
+        auditing = request.app[AUDITING]
+        log_to, include_query = auditing.log, auditing.settings.include_query
         if log_to is None or request.rel_url.path_safe in NOT_AUDITED:
             return await handler(request)
         loop = asyncio.get_running_loop()

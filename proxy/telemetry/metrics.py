@@ -152,6 +152,13 @@ class Metrics:
             ["connection", "operation"],
             registry=registry,
         )
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads",
+            "Reloads of the configuration file: applied, unchanged, invalid (nothing applied) "
+            "or failed.",
+            ["result"],
+            registry=registry,
+        )
         if process:
             ProcessCollector(registry=registry)
         self._connections: dict[str, ConnectionMetrics] = {}

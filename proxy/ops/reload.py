@@ -1,0 +1,151 @@
+"""Reloading the configuration file while the proxy serves: SIGHUP, `POST /_proxy/api/reload`.
+
+The file is read and checked whole first; an invalid file changes nothing (the proxy keeps
+serving as before) and every problem is reported with its key. A valid one is applied in one
+step between two requests: the access door (clients, admin, anonymous access) and the audit
+settings are replaced whole, so a request in flight finishes with the settings it started
+with and the next one sees the new ones. What only a restart applies (proxy.config.changes)
+is reported as such, and the rest is applied anyway. Reloads run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+from yarl import URL
+
+from proxy.config import ConfigError, Settings
+from proxy.config.changes import applied, changes
+from proxy.core.errors import PROBLEM_CONTENT_TYPE
+from proxy.forwarding.observe import METRICS
+from proxy.forwarding.state import PROXY_STATE
+from proxy.inbound import csrf
+from proxy.inbound.access import DOOR, Door
+from proxy.telemetry.audit import AUDITING
+
+log = logging.getLogger(__name__)
+
+# Reads the configuration file again: the new Settings, or ConfigError with every problem.
+SettingsSource = Callable[[], Settings]
+# Set by `serve --workers N` in each worker: the supervisor, which passes a SIGHUP to them all.
+SUPERVISOR_ENV: Final = "NMBRS_PROXY_SUPERVISOR_PID"
+
+
+def door_for(settings: Settings) -> Door:
+    """The access middleware's plain data, compiled from the configuration (at start and at
+    every reload)."""
+    return Door(
+        policy=settings.access_policy(),
+        callback_paths=frozenset(
+            URL(c.redirect_uri).path_safe or "/"
+            for c in settings.connections
+            if c.redirect_uri is not None
+        ),
+        connections={c.prefix: c.name for c in settings.connections},
+    )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: str  # "applied", "unchanged", "invalid" or "failed"
+    applied: tuple[str, ...] = ()
+    needs_restart: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": self.result, "applied": list(self.applied),
+                "needs_restart": list(self.needs_restart), "errors": list(self.errors)}
+
+
+class Reloader:
+    """Applies the configuration file to one running app; one reload at a time."""
+
+    def __init__(self, source: SettingsSource | None) -> None:
+        self.source = source
+        self._lock = asyncio.Lock()
+
+    async def reload(self, app: web.Application) -> Outcome:
+        async with self._lock:
+            outcome = await self._reload(app)
+        app[METRICS].config_reloads.labels(outcome.result).inc()
+        if outcome.result == "invalid":
+            for error in outcome.errors:
+                log.error("reload refused: %s", error)
+            log.error("the configuration file was not applied: the proxy keeps its settings",
+                      extra={"event": "reload", "result": outcome.result})
+        elif outcome.result == "failed":
+            log.error("reload failed: %s", "; ".join(outcome.errors),
+                      extra={"event": "reload", "result": outcome.result})
+        else:
+            if outcome.needs_restart:
+                log.warning("changed, applied at the next restart: %s",
+                            ", ".join(outcome.needs_restart))
+            log.info("configuration reloaded: %s", ", ".join(outcome.applied) or "no change",
+                     extra={"event": "reload", "result": outcome.result,
+                            "applied": list(outcome.applied),
+                            "needs_restart": list(outcome.needs_restart)})
+        return outcome
+
+    async def _reload(self, app: web.Application) -> Outcome:
+        if self.source is None:
+            return Outcome("failed", errors=("this proxy was not started from a file",))
+        try:
+            new = await asyncio.to_thread(self.source)
+        except ConfigError as exc:
+            return Outcome("invalid", errors=tuple(exc.problems))
+        state = app[PROXY_STATE]
+        found = changes(state.settings, new)
+        if not found.live:
+            return Outcome("unchanged", needs_restart=found.restart)
+        running = applied(state.settings, new)
+        try:
+            await app[AUDITING].switch(running.audit)
+        except OSError as exc:
+            return Outcome("failed", errors=(f"audit.destination: cannot open it ({exc})",))
+        app[DOOR].door = door_for(running)
+        state.settings = running
+        return Outcome("applied", applied=found.live, needs_restart=found.restart)
+
+
+RELOADER: Final = web.AppKey("reloader", Reloader)
+
+
+def tell_supervisor(environ: Mapping[str, str] = os.environ) -> None:
+    """In a worker of `serve --workers N`: have the supervisor pass the reload to them all."""
+    pid = environ.get(SUPERVISOR_ENV)
+    if pid is not None and pid.isascii() and pid.isdigit():
+        os.kill(int(pid), signal.SIGHUP)
+
+
+async def reload_api(request: web.Request) -> web.Response:
+    """`POST /_proxy/api/reload`: the outcome as JSON; an invalid file as problem+json (422)."""
+    if not csrf.same_origin(request.headers, host=request.host):
+        return _problem(403, "forbidden", "Refused", "This request came from another site.")
+    outcome = await request.app[RELOADER].reload(request.app)
+    if outcome.result == "invalid":
+        return _problem(422, "invalid-configuration", "The configuration file is invalid",
+                        "Nothing was applied: the proxy keeps serving with its settings.",
+                        errors=list(outcome.errors))
+    if outcome.result == "failed":
+        return _problem(409, "reload-failed", "The configuration could not be applied",
+                        "; ".join(outcome.errors))
+    tell_supervisor()
+    return web.json_response(outcome.to_json())
+
+
+def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> web.Response:
+    body = {"type": f"urn:nmbrs-proxy:problem:{slug}", "title": title, "status": status,
+            "detail": detail, **extra}
+    return web.json_response(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def setup_reload(app: web.Application, source: SettingsSource | None) -> None:
+    app[RELOADER] = Reloader(source)
+    app.router.add_post("/_proxy/api/reload", reload_api)

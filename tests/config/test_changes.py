@@ -1,0 +1,70 @@
+"""Which changes of the configuration file a reload applies, and which need a restart."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
+from proxy.config.changes import applied, changes
+from proxy.core.secret import Secret
+from proxy.inbound.policy import AdminAccess, Client
+from tests.conftest import connection_settings
+
+CONNECTION = connection_settings(upstream="http://127.0.0.1:1")
+OTHER = connection_settings("other", upstream="http://127.0.0.1:2", prefix="/other/")
+CLIENT = Client(name="app", key_sha256=b"\x01" * 32)
+BASE = Settings(connections=(CONNECTION, OTHER), clients=(CLIENT,))
+
+
+def _with(**fields: Any) -> Settings:
+    return dataclasses.replace(BASE, **fields)
+
+
+@pytest.mark.parametrize(
+    ("new", "live", "restart"),
+    [
+        (BASE, (), ()),
+        (_with(clients=()), ("clients",), ()),
+        (_with(clients=(CLIENT, Client(name="b", key_sha256=b"\x02" * 32))), ("clients",), ()),
+        (_with(admin=AdminAccess(key_sha256=b"\x03" * 32)), ("admin",), ()),
+        (_with(audit=AuditSettings(destination="stdout")), ("audit.destination",), ()),
+        (_with(audit=AuditSettings(include_query=True)), ("audit.include_query",), ()),
+        (_with(server=ServerSettings(allow_anonymous=True)), ("server.allow_anonymous",), ()),
+        (_with(server=ServerSettings(port=9999)), (), ("server.port",)),
+        (_with(server=ServerSettings(host="0.0.0.0", ops_port=9090)), (),
+         ("server.host", "server.ops_port")),
+        (_with(store=StoreSettings(path=Path("elsewhere.json"))), (), ("store.path",)),
+        (_with(session=dataclasses.replace(BASE.session, secret=Secret("x" * 20))), (),
+         ("session.secret",)),
+        (_with(connections=(CONNECTION,)), (), ("connections.other",)),
+        (_with(connections=(CONNECTION, dataclasses.replace(OTHER, refresh_margin_seconds=1))),
+         (), ("connections.other",)),
+        (_with(connections=(OTHER, CONNECTION)), (), ("connections",)),
+        (_with(clients=(), server=ServerSettings(port=1)), ("clients",), ("server.port",)),
+    ],
+    ids=["nothing", "clients-removed", "client-added", "admin", "audit-destination",
+         "audit-query", "anonymous", "port", "listeners", "store", "session",
+         "connection-removed", "connection-changed", "connections-reordered", "both"],
+)
+def test_what_a_reload_applies(new: Settings, live: tuple[str, ...],
+                               restart: tuple[str, ...]) -> None:
+    found = changes(BASE, new)
+    assert (found.live, found.restart) == (live, restart)
+    assert found.any is bool(live or restart)
+
+
+def test_a_reload_runs_with_the_live_sections_of_the_file_and_the_rest_as_started() -> None:
+    new = _with(clients=(), admin=AdminAccess(key_sha256=b"\x03" * 32),
+                audit=AuditSettings(destination="stdout"),
+                server=ServerSettings(port=1, allow_anonymous=True),
+                store=StoreSettings(path=Path("elsewhere.json")), connections=())
+    running = applied(BASE, new)
+    assert (running.clients, running.admin, running.audit) == (new.clients, new.admin, new.audit)
+    assert running.server.allow_anonymous is True
+    assert running.server.port == BASE.server.port
+    assert (running.store, running.connections) == (BASE.store, BASE.connections)
+    assert changes(running, new).live == ()
