@@ -149,7 +149,7 @@ class DataPlane:
             traffic.last_change = ended
             self._count(request.method, status, observation, started)
             if audit is not None:
-                audit.write(audit_line(
+                auditing.write(audit_line(
                     at=audit_at,
                     request_id=request_id,
                     client=note.client,

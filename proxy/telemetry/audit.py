@@ -217,6 +217,11 @@ class Auditing:
                 await asyncio.to_thread(old.close)
         self.settings = settings
 
+    def write(self, line: str) -> None:
+        """To the log in force now: a request that began before a switch is not lost."""
+        if self.log is not None:
+            self.log.write(line)
+
 
 AUDITING = web.AppKey("auditing", Auditing)
 
@@ -262,7 +267,7 @@ def audit_middleware() -> Middleware:
             raise
         finally:
             note = request[ACCESS_NOTE]
-            log_to.write(audit_line(
+            auditing.write(audit_line(
                 at=at,
                 request_id=request[REQUEST_ID],
                 client=note.client,

@@ -20,7 +20,7 @@ import pytest
 
 from proxy.config import AuditSettings
 from proxy.inbound.policy import Client
-from proxy.telemetry.audit import AuditLog, audit_line, request_id, shown_target
+from proxy.telemetry.audit import Auditing, AuditLog, audit_line, request_id, shown_target
 from tests.conftest import ProxyFactory, RecordingUpstream, connection_settings, token_set
 
 
@@ -213,6 +213,22 @@ def test_a_file_is_closed_even_when_no_line_was_written(tmp_path: Path) -> None:
     stream = audit._open_stream()
     audit.close()
     assert stream.closed
+
+
+async def test_a_line_written_after_a_switch_goes_to_the_log_in_force(tmp_path: Path) -> None:
+    """A request that began before a reload switched the destination ends after it: its
+    line goes to the new log, not into the closed one."""
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    auditing = Auditing(AuditSettings(destination=str(first)))
+    auditing.log = AuditLog.open(auditing.settings)
+    auditing.write("before\n")
+    await auditing.switch(AuditSettings(destination=str(second)))
+    auditing.write("after\n")
+    await auditing.switch(AuditSettings())  # off: closes the second, writes go nowhere
+    auditing.write("dropped\n")
+    assert auditing.log is None
+    assert first.read_text() == "before\n"
+    assert second.read_text() == "after\n"
 
 
 def test_off_means_no_audit_log() -> None:
