@@ -110,17 +110,10 @@ def create_app(
             for c in settings.connections
         }
         store = app[STORE]
-        for connection in connections.values():
-            # Subscribed before loading, so that no set saved in between goes unnoticed.
-            store.subscribe(connection.name, connection.manager.notice_change)
-        try:
-            for connection in connections.values():
-                await connection.manager.load()
-        except BaseException:
-            await _close(session, store if owns_store else None)
-            raise
         pool = Pool(keepalive_timeout=30)
-        app[PROXY_STATE] = ProxyState(
+        # Made (and so subscribed to the store) before loading, so that no set saved in
+        # between goes unnoticed.
+        state = app[PROXY_STATE] = ProxyState(
             settings=settings,
             store=store,
             session=session,
@@ -128,19 +121,24 @@ def create_app(
             connections=connections,
             clock=clock,
         )
-        registry.watch(lambda: [c.report(clock()) for c in connections.values()])
-        tasks = [
-            asyncio.create_task(c.manager.run_refresher(), name=f"refresher:{c.name}")
-            for c in connections.values()
-        ]
-        tasks.append(asyncio.create_task(store.watch(), name="store-watcher"))
+        try:
+            for connection in connections.values():
+                await connection.manager.load()
+        except BaseException:
+            await _close(session, store if owns_store else None)
+            raise
+        registry.watch(lambda: [c.report(clock()) for c in state.connections.values()])
+        for connection in connections.values():
+            state.start_refresher(connection)
+        watcher = asyncio.create_task(store.watch(), name="store-watcher")
         yield
+        tasks = [*state.refreshers.values(), *state.retiring, watcher]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for connection in connections.values():
+        for connection in state.connections.values():
             await connection.manager.close()
         await pool.close()
         await _close(session, store if owns_store else None)

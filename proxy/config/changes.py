@@ -1,10 +1,14 @@
 """What a changed configuration file changes: which of its keys a running proxy can take on at
 once, and which wait for a restart. Pure: two Settings in, two lists of keys out.
 
-Live: who may call what (`[[clients]]`, `[admin]`, `server.allow_anonymous`) and what the audit
-line records (`[audit]`). A restart: where the proxy listens (`server.host`, `server.port`, the
-ops listener), the grace period it was started with, the token store, the session key, and
-(for now) the connections, whose routes and token managers are built at start.
+Live: who may call what (`[[clients]]`, `[admin]`, `server.allow_anonymous`), what the audit
+line records (`[audit]`) and the connections (added, removed, changed). A restart: where the
+proxy listens (`server.host`, `server.port`, the ops listener), the grace period it was started
+with, the token store and the session key. (A connection whose OAuth callback path the running
+proxy does not serve yet waits for a restart too: the reload decides that, proxy.ops.reload.)
+
+A changed connection keeps its token manager, and so its token set and its refresher, when its
+identity (`same_identity`) is unchanged: no new login and no extra token call.
 """
 
 from __future__ import annotations
@@ -12,10 +16,23 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from proxy.config.schema import Settings
+from proxy.config.schema import ConnectionSettings, Settings
 
 # Keys of [server] that the access policy reads (the rest belong to the listener).
 _LIVE_SERVER_KEYS = frozenset({"allow_anonymous"})
+# What a connection's grant and token manager are made of: who it is at the identity service,
+# and how its tokens are fetched and renewed.
+IDENTITY_FIELDS = (
+    "provider", "client_id", "client_secret", "issuer", "redirect_uri", "scopes", "token_url",
+    "revocation_url", "auth_method", "audience", "token_params", "account_id",
+    "refresh_margin_seconds", "connect_timeout_seconds", "read_timeout_seconds",
+)
+
+
+def same_identity(old: ConnectionSettings, new: ConnectionSettings) -> bool:
+    """Whether `new` may keep the token manager (and token set) made for `old`."""
+    return old.name == new.name and all(
+        getattr(old, name) == getattr(new, name) for name in IDENTITY_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -47,7 +64,7 @@ def changes(old: Settings, new: Settings) -> Changes:
         names = sorted(old_by_name.keys() | new_by_name.keys())
         differing = [f"connections.{name}" for name in names
                      if old_by_name.get(name) != new_by_name.get(name)]
-        restart += differing or ["connections"]  # none differs: only their order changed
+        live += differing or ["connections"]  # none differs: only their order changed
     if old.clients != new.clients:
         live.append("clients")
     if old.admin != new.admin:
@@ -56,8 +73,11 @@ def changes(old: Settings, new: Settings) -> Changes:
     return Changes(live=tuple(live), restart=tuple(restart))
 
 
-def applied(running: Settings, new: Settings) -> Settings:
-    """The settings a reload runs with: the live sections of `new`, the rest as running."""
+def applied(running: Settings, new: Settings,
+            connections: tuple[ConnectionSettings, ...] | None = None) -> Settings:
+    """The settings a reload runs with: the live sections of `new`, the rest as running;
+    `connections`, when given, are the ones the reload could apply (default: all of `new`'s)."""
     server = dataclasses.replace(running.server, allow_anonymous=new.server.allow_anonymous)
-    return dataclasses.replace(running, server=server, clients=new.clients, admin=new.admin,
-                               audit=new.audit)
+    return dataclasses.replace(
+        running, server=server, clients=new.clients, admin=new.admin, audit=new.audit,
+        connections=new.connections if connections is None else connections)

@@ -231,23 +231,29 @@ def build_connection(
     store: TokenStore,
     clock: Clock,
     metrics: Metrics | None = None,
+    keep: Connection | None = None,
 ) -> Connection:
+    """The connection `settings` describe; with `keep` (a reload changed it, its identity is the
+    same: proxy.config.changes.same_identity), around the grant and token manager of `keep`."""
     timeout = aiohttp.ClientTimeout(
         total=None,
         sock_connect=settings.connect_timeout_seconds,
         sock_read=settings.read_timeout_seconds,
     )
-    grant = GRANTS[settings.provider](settings, GrantContext(session, timeout, clock))
     if metrics is None:  # a connection outside a served app (the login command)
         metrics = Metrics(process=False)
-    manager = TokenManager(
-        settings.name,
-        grant,
-        store,
-        refresh_margin=settings.refresh_margin_seconds,
-        clock=clock,
-        events=metrics,
-    )
+    if keep is not None:
+        grant, manager = keep.grant, keep.manager
+    else:
+        grant = GRANTS[settings.provider](settings, GrantContext(session, timeout, clock))
+        manager = TokenManager(
+            settings.name,
+            grant,
+            store,
+            refresh_margin=settings.refresh_margin_seconds,
+            clock=clock,
+            events=metrics,
+        )
     shaper = Shaper(
         settings.name,
         rate_per_second=settings.rate_per_second,

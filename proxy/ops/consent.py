@@ -68,7 +68,8 @@ def setup_consent(app: web.Application, settings: Settings, *, clock: Clock = ti
     app.router.add_get(LOGIN_PATH, login)
     app.router.add_post(LOGIN_PATH, login_form)
     redirect_uris = {c.redirect_uri for c in settings.connections if c.redirect_uri is not None}
-    for path in sorted({callback_path(uri) for uri in redirect_uris}):
+    consent.callback_paths = frozenset(callback_path(uri) for uri in redirect_uris)
+    for path in sorted(consent.callback_paths):
         # A plain resource: a path with "{" in it is not mistaken for a route pattern.
         resource = web.PlainResource(path)
         app.router.register_resource(resource)

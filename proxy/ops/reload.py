@@ -2,10 +2,13 @@
 
 The file is read and checked whole first; an invalid file changes nothing (the proxy keeps
 serving as before) and every problem is reported with its key. A valid one is applied in one
-step between two requests: the access door (clients, admin, anonymous access) and the audit
-settings are replaced whole, so a request in flight finishes with the settings it started
-with and the next one sees the new ones. What only a restart applies (proxy.config.changes)
-is reported as such, and the rest is applied anyway. Reloads run one at a time.
+step between two requests: the access door (clients, admin, anonymous access), the audit
+settings and the connections are replaced whole, so a request in flight finishes with the
+settings (and the connection) it started with and the next one sees the new ones. A changed
+connection keeps its token manager when its identity is the same; a removed or replaced
+manager stops once no refresh of its is in flight (TokenManager.retire). What only a restart
+applies (proxy.config.changes) is reported as such, and the rest is applied anyway. Reloads
+run one at a time.
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ from aiohttp import web
 from yarl import URL
 
 from proxy.config import ConfigError, Settings
-from proxy.config.changes import applied, changes
+from proxy.config.changes import applied, changes, same_identity
+from proxy.config.schema import ConnectionSettings
 from proxy.core.errors import PROBLEM_CONTENT_TYPE
+from proxy.forwarding.connection import Connection, build_connection
 from proxy.forwarding.observe import METRICS
-from proxy.forwarding.state import PROXY_STATE
+from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.inbound import csrf
 from proxy.inbound.access import DOOR, Door
+from proxy.ops.consent import callback_path
+from proxy.ops.session import CONSENT
 from proxy.telemetry.audit import AUDITING
+from proxy.tokens.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -101,17 +109,77 @@ class Reloader:
         except ConfigError as exc:
             return Outcome("invalid", errors=tuple(exc.problems))
         state = app[PROXY_STATE]
-        found = changes(state.settings, new)
+        served = app[CONSENT].callback_paths
+        usable, waiting = _usable_connections(state.settings.connections, new.connections, served)
+        running = applied(state.settings, new, usable)
+        found = changes(state.settings, running)
+        restart = (*changes(running, new).restart, *waiting)
         if not found.live:
-            return Outcome("unchanged", needs_restart=found.restart)
-        running = applied(state.settings, new)
+            return Outcome("unchanged", needs_restart=restart)
+        try:
+            connections, fresh, leaving = await _connections(app, state, running.connections)
+        except StoreError as exc:
+            return Outcome("failed", errors=(f"the token store cannot be read: {exc}",))
         try:
             await app[AUDITING].switch(running.audit)
         except OSError as exc:
             return Outcome("failed", errors=(f"audit.destination: cannot open it ({exc})",))
+        # One synchronous step: the next request sees all of it, none sees a part.
         app[DOOR].door = door_for(running)
-        state.settings = running
-        return Outcome("applied", applied=found.live, needs_restart=found.restart)
+        state.use(running, connections)
+        for connection in leaving:
+            state.retire(connection)
+        for connection in fresh:
+            state.start_refresher(connection)
+        return Outcome("applied", applied=found.live, needs_restart=restart)
+
+
+def _usable_connections(
+    running: tuple[ConnectionSettings, ...], new: tuple[ConnectionSettings, ...],
+    served: frozenset[str],
+) -> tuple[tuple[ConnectionSettings, ...], tuple[str, ...]]:
+    """The connections a reload can serve (the new ones, but where a callback path is not
+    routed yet: the running one, or none), and the keys of those that wait for a restart."""
+    before = {c.name: c for c in running}
+    usable: list[ConnectionSettings] = []
+    waiting: list[str] = []
+    for connection in new:
+        if connection.redirect_uri is None or callback_path(connection.redirect_uri) in served:
+            usable.append(connection)
+            continue
+        waiting.append(f"connections.{connection.name}.redirect_uri")
+        if connection.name in before:
+            usable.append(before[connection.name])
+    return tuple(usable), tuple(waiting)
+
+
+async def _connections(
+    app: web.Application, state: ProxyState, wanted: tuple[ConnectionSettings, ...],
+) -> tuple[dict[str, Connection], list[Connection], list[Connection]]:
+    """The connections to serve, those of them to start, and the running ones they replace.
+
+    An unchanged connection stays as it is; a changed one with the same identity is rebuilt
+    around its token manager (its token set, its refresher); any other is new, and its token
+    set is loaded from the store before anything is swapped.
+    """
+    running = state.connections
+    connections: dict[str, Connection] = {}
+    fresh: list[Connection] = []
+    for settings in wanted:
+        before = running.get(settings.name)
+        if before is not None and before.settings == settings:
+            connections[settings.name] = before
+            continue
+        keep = before if before is not None and same_identity(before.settings, settings) else None
+        connection = build_connection(settings, session=state.session, store=state.store,
+                                      clock=state.clock, metrics=app[METRICS], keep=keep)
+        if keep is None:
+            await connection.manager.load()
+            fresh.append(connection)
+        connections[settings.name] = connection
+    kept_managers = {id(c.manager) for c in connections.values()}
+    leaving = [c for c in running.values() if id(c.manager) not in kept_managers]
+    return connections, fresh, leaving
 
 
 RELOADER: Final = web.AppKey("reloader", Reloader)

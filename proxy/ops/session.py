@@ -200,6 +200,8 @@ class Consent:
     clock: Clock
     # One storage per value of the cookie's Secure flag; both use the same key.
     storages: dict[bool, EncryptedCookieStorage] = field(default_factory=dict, repr=False)
+    # The callback paths the router serves (fixed at start; a reload can use only these).
+    callback_paths: frozenset[str] = frozenset()
 
     async def startup(self, _app: web.Application) -> None:
         key = await asyncio.to_thread(session_key, self.settings)

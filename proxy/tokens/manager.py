@@ -42,6 +42,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from typing import Final
 
 from proxy.core.errors import ConsentRequired, CredentialsRefused, TokenUnavailable
 from proxy.oauth.token_set import TokenSet
@@ -57,6 +58,10 @@ __all__ = ["NoEvents", "TokenEvents", "TokenManager", "TokenStatus"]
 
 log = logging.getLogger(__name__)
 
+
+# How long a retired manager waits for a refresh in flight, or for a renewed set to be saved.
+RETIRE_PATIENCE_SECONDS: Final = 30.0
+RETIRE_POLL_SECONDS: Final = 0.1
 
 class TokenManager(Refresher):
     def __init__(
@@ -240,6 +245,27 @@ class TokenManager(Refresher):
         self._last_refresh_at = None
         log.info("revoked the token of connection %s at the provider", self.connection)
         return True
+
+    async def retire(self, refresher: asyncio.Task[None] | None,
+                     *, patience: float = RETIRE_PATIENCE_SECONDS) -> None:
+        """Stop for good while the proxy goes on (a reload removed or replaced the connection):
+        a refresh in flight is let finish and a renewed set not saved yet is let be saved
+        (each holds the only valid refresh token), for up to `patience` seconds; then the
+        background refresher stops and the manager closes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while (self._inflight is not None or self._unsaved) and loop.time() < deadline:
+            task = self._inflight
+            if task is None:
+                await asyncio.sleep(RETIRE_POLL_SECONDS)  # the refresher retries the save
+                continue
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        if refresher is not None:
+            refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refresher
+        await self.close()
 
     async def close(self) -> None:
         """At shutdown: stop the in-flight refresh and give back a lease no longer needed."""

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
-from proxy.config.changes import applied, changes
+from proxy.config.changes import applied, changes, same_identity
 from proxy.core.secret import Secret
 from proxy.inbound.policy import AdminAccess, Client
 from tests.conftest import connection_settings
@@ -40,10 +40,10 @@ def _with(**fields: Any) -> Settings:
         (_with(store=StoreSettings(path=Path("elsewhere.json"))), (), ("store.path",)),
         (_with(session=dataclasses.replace(BASE.session, secret=Secret("x" * 20))), (),
          ("session.secret",)),
-        (_with(connections=(CONNECTION,)), (), ("connections.other",)),
+        (_with(connections=(CONNECTION,)), ("connections.other",), ()),
         (_with(connections=(CONNECTION, dataclasses.replace(OTHER, refresh_margin_seconds=1))),
-         (), ("connections.other",)),
-        (_with(connections=(OTHER, CONNECTION)), (), ("connections",)),
+         ("connections.other",), ()),
+        (_with(connections=(OTHER, CONNECTION)), ("connections",), ()),
         (_with(clients=(), server=ServerSettings(port=1)), ("clients",), ("server.port",)),
     ],
     ids=["nothing", "clients-removed", "client-added", "admin", "audit-destination",
@@ -57,6 +57,28 @@ def test_what_a_reload_applies(new: Settings, live: tuple[str, ...],
     assert found.any is bool(live or restart)
 
 
+@pytest.mark.parametrize(
+    ("changed", "same"),
+    [
+        ({}, True),
+        ({"upstream": "http://elsewhere:1"}, True),
+        ({"prefix": "/moved/"}, True),
+        ({"headers": (("X-A", "1"),)}, True),
+        ({"rate_per_second": 5.0}, True),
+        ({"subscription_key": Secret("another")}, True),
+        ({"client_id": "another"}, False),
+        ({"client_secret": Secret("another")}, False),
+        ({"scopes": ("offline_access", "more")}, False),
+        ({"issuer": "http://127.0.0.1:10"}, False),
+        ({"refresh_margin_seconds": 60.0}, False),
+        ({"read_timeout_seconds": 5.0}, False),
+        ({"name": "renamed"}, False),
+    ],
+)
+def test_which_changes_keep_the_token_manager(changed: dict[str, Any], same: bool) -> None:
+    assert same_identity(CONNECTION, dataclasses.replace(CONNECTION, **changed)) is same
+
+
 def test_a_reload_runs_with_the_live_sections_of_the_file_and_the_rest_as_started() -> None:
     new = _with(clients=(), admin=AdminAccess(key_sha256=b"\x03" * 32),
                 audit=AuditSettings(destination="stdout"),
@@ -66,5 +88,8 @@ def test_a_reload_runs_with_the_live_sections_of_the_file_and_the_rest_as_starte
     assert (running.clients, running.admin, running.audit) == (new.clients, new.admin, new.audit)
     assert running.server.allow_anonymous is True
     assert running.server.port == BASE.server.port
-    assert (running.store, running.connections) == (BASE.store, BASE.connections)
+    assert running.store == BASE.store
+    assert running.connections == ()  # connections are live too
     assert changes(running, new).live == ()
+    kept = applied(BASE, new, connections=(CONNECTION,))
+    assert kept.connections == (CONNECTION,)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import aiohttp
 
+from proxy.tokens.store import FileStore
+from tests.conftest import SUBSCRIPTION_KEY, token_set
 from tests.test_server import (
     ROOT,
     ProxyProcess,
@@ -29,16 +31,33 @@ ROTATING = ("rotating-key-a", "rotating-key-b")
 RELOADS = 20
 
 
-def _with_clients(config: Path, base: str, *keys: tuple[str, str]) -> None:
+def _with_clients(config: Path, base: str, *keys: tuple[str, str], extra: str = "") -> None:
     blocks = "".join(
         f'[[clients]]\nname = "{name}"\n'
         f'key_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
         for name, key in keys)
-    config.write_text(base + blocks)
+    config.write_text(base + extra + blocks)
 
 
-async def _status(session: aiohttp.ClientSession, url: str, key: str) -> int:
-    async with session.get(f"{url}/api/x", headers={"X-Proxy-Key": key}) as response:
+def _other(upstream: str, port: int) -> str:
+    """A second connection under /other/ (its token set is in the store already)."""
+    return f"""
+[connections.other]
+provider = "nmbrs"
+prefix = "/other/"
+upstream = "{upstream}"
+issuer = "http://127.0.0.1:9"
+subscription_key = "{SUBSCRIPTION_KEY}"
+client_id = "PartnerApp_other"
+client_secret = "secret"
+redirect_uri = "http://127.0.0.1:{port}/_proxy/callback"
+scopes = ["offline_access"]
+"""
+
+
+async def _status(session: aiohttp.ClientSession, url: str, key: str,
+                  path: str = "/api/x") -> int:
+    async with session.get(f"{url}{path}", headers={"X-Proxy-Key": key}) as response:
         await response.read()
         return response.status
 
@@ -59,11 +78,12 @@ class KeyedLoad:
             await asyncio.gather(*(self._worker(session) for _ in range(self.workers)))
 
     async def _worker(self, session: aiohttp.ClientSession) -> None:
-        for _ in range(self.max_per_worker):
+        for count in range(self.max_per_worker):
             if self.stop.is_set():
                 return
+            path = "/other/api/x" if count % 2 else "/api/x"  # served by one connection or other
             try:
-                status = await _status(session, self.url, STAYING)
+                status = await _status(session, self.url, STAYING, path)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 self.failures.append(repr(exc))
                 continue
@@ -81,6 +101,7 @@ async def test_twenty_reloads_under_load_fail_no_request(
 ) -> None:
     port = free_port()
     config = await write_config(tmp_path, slow_upstream.url, port=port, grace=5)
+    await FileStore(tmp_path / "state" / "tokens.json").save("other", token_set("access-2"))
     base = config.read_text()
     _with_clients(config, base, ("staying", STAYING), ("rotating", ROTATING[0]))
     proxy = await start_proxy(config)
@@ -92,11 +113,19 @@ async def test_twenty_reloads_under_load_fail_no_request(
     async with aiohttp.ClientSession() as session:
         for number in range(1, RELOADS + 1):
             current, previous = ROTATING[number % 2], ROTATING[(number + 1) % 2]
-            _with_clients(config, base, ("staying", STAYING), ("rotating", current))
+            added = number % 2 == 1  # the second connection comes and goes
+            _with_clients(config, base, ("staying", STAYING), ("rotating", current),
+                          extra=_other(slow_upstream.url, port) if added else "")
             proxy.process.send_signal(signal.SIGHUP)
             await until(lambda n=number: len(_reloads(proxy)) >= n)  # type: ignore[misc]
             assert await _status(session, url, current) == 200
             assert await _status(session, url, previous) == 401
+            marker = f"/other/api/probe-{number}"
+            assert await _status(session, url, STAYING, marker) == 200
+            await until(lambda m=marker: any(  # type: ignore[misc]
+                line.get("path") == m for line in proxy.access()))
+            served = next(line for line in proxy.access() if line.get("path") == marker)
+            assert served["connection"] == ("other" if added else "nmbrs")
     load.stop.set()
     await running
     assert _reloads(proxy) == ["applied"] * RELOADS

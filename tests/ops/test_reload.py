@@ -3,6 +3,7 @@ what a reload applies, what it leaves for a restart, and that a bad file changes
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
@@ -16,6 +17,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.app import create_app
 from proxy.config import load, reload_source
+from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.ops.reload import RELOADER
 from proxy.tokens.store import FileStore
 from tests.conftest import SUBSCRIPTION_KEY, ProxyTestServer, RecordingUpstream, token_set
@@ -167,8 +169,8 @@ async def test_what_needs_a_restart_is_reported_and_the_rest_applied(start: Star
     proxy.write(("new", NEW_KEY), port=9999)
     status, outcome = await proxy.reload()
     assert status == 200
-    assert outcome["applied"] == ["clients"]
-    assert outcome["needs_restart"] == ["server.port", "connections.nmbrs"]
+    assert outcome["applied"] == ["connections.nmbrs", "clients"]  # its redirect_uri's port
+    assert outcome["needs_restart"] == ["server.port"]
     assert await proxy.get("/api/x", NEW_KEY) == 200
 
 
@@ -225,3 +227,110 @@ async def test_a_form_from_another_site_cannot_reload(start: Start) -> None:
     ) as response:
         assert response.status == 403
     assert await proxy.metric("applied") == 0
+
+
+# --- connections ------------------------------------------------------------------------------
+
+
+def other_connection(upstream: str, *, callback: str = "/_proxy/callback",
+                     client_id: str = "PartnerApp_other") -> str:
+    return f"""
+[connections.other]
+provider = "nmbrs"
+prefix = "/other/"
+upstream = "{upstream}"
+issuer = "http://127.0.0.1:9"
+subscription_key = "{SUBSCRIPTION_KEY}"
+client_id = "{client_id}"
+client_secret = "secret"
+redirect_uri = "http://127.0.0.1:8080{callback}"
+scopes = ["offline_access"]
+"""
+
+
+async def test_a_reload_adds_and_removes_connections(
+    start: Start, upstream: RecordingUpstream,
+) -> None:
+    proxy = await start(("old", OLD_KEY))
+    await FileStore(proxy.store).save("other", token_set("access-of-other"))
+    assert await proxy.get("/other/api/x", OLD_KEY) == 200
+    assert upstream.seen[-1].raw_path == "/other/api/x"  # the catch-all connection served it
+    proxy.write(("old", OLD_KEY), extra=other_connection(upstream.url))
+    status, outcome = await proxy.reload()
+    assert (status, outcome["applied"], outcome["needs_restart"]) == (
+        200, ["connections.other"], [])
+    assert await proxy.get("/other/api/x", OLD_KEY) == 200
+    assert upstream.seen[-1].raw_path == "/api/x"  # its own connection, prefix stripped
+    assert upstream.seen[-1].headers["authorization"] == ["Bearer access-of-other"]
+    state = proxy.server.app[PROXY_STATE]
+    assert set(state.refreshers) == {"nmbrs", "other"}
+
+    proxy.write(("old", OLD_KEY))
+    status, outcome = await proxy.reload()
+    assert (status, outcome["applied"]) == (200, ["connections.other"])
+    assert await proxy.get("/other/api/x", OLD_KEY) == 200
+    assert upstream.seen[-1].raw_path == "/other/api/x"  # back to the catch-all
+    assert set(state.refreshers) == {"nmbrs"}
+    await until_retired(state)
+
+
+async def until_retired(state: ProxyState) -> None:
+    for _ in range(200):
+        if not state.retiring:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("a retired token manager did not stop")
+
+
+async def test_a_changed_connection_keeps_its_token_manager_when_its_identity_stays(
+    start: Start, upstream: RecordingUpstream,
+) -> None:
+    second = RecordingUpstream()
+    server = TestServer(second.app(), host="127.0.0.1")
+    await server.start_server()
+    try:
+        proxy = await start(("old", OLD_KEY))
+        state = proxy.server.app[PROXY_STATE]
+        before = state.connections["nmbrs"]
+        proxy.upstream = str(server.make_url("")).rstrip("/")  # the same, behind another URL
+        proxy.write(("old", OLD_KEY))
+        status, outcome = await proxy.reload()
+        assert (status, outcome["applied"]) == (200, ["connections.nmbrs"])
+        after = state.connections["nmbrs"]
+        assert after is not before
+        assert after.manager is before.manager  # same token set, same refresher
+        assert state.refreshers["nmbrs"] is not None
+        assert await proxy.get("/api/x", OLD_KEY) == 200
+        assert len(second.seen) == 1
+        assert upstream.seen == []
+        assert second.seen[0].headers["authorization"] == ["Bearer access-1"]
+    finally:
+        await server.close()
+
+
+async def test_a_new_identity_gets_a_new_token_manager_and_the_old_one_stops(
+    start: Start, upstream: RecordingUpstream,
+) -> None:
+    proxy = await start(("old", OLD_KEY), extra=other_connection(upstream.url))
+    state = proxy.server.app[PROXY_STATE]
+    before = state.connections["other"]
+    old_refresher = state.refreshers["other"]
+    proxy.write(("old", OLD_KEY), extra=other_connection(upstream.url, client_id="another"))
+    status, outcome = await proxy.reload()
+    assert (status, outcome["applied"]) == (200, ["connections.other"])
+    assert state.connections["other"].manager is not before.manager
+    await until_retired(state)
+    assert old_refresher.cancelled()
+    assert state.refreshers["other"] is not old_refresher
+
+
+async def test_a_connection_on_a_callback_path_not_served_yet_waits_for_a_restart(
+    start: Start, upstream: RecordingUpstream,
+) -> None:
+    proxy = await start(("old", OLD_KEY))
+    proxy.write(("old", OLD_KEY), extra=other_connection(upstream.url, callback="/cb/other"))
+    status, outcome = await proxy.reload()
+    assert status == 200
+    assert outcome["result"] == "unchanged"
+    assert outcome["needs_restart"] == ["connections.other.redirect_uri"]
+    assert "other" not in proxy.server.app[PROXY_STATE].connections

@@ -318,3 +318,24 @@ async def test_a_replica_that_starts_while_redis_is_away_loads_once_it_returns(
     await until(lambda: replica.tokens == linked)
     assert await replica.bearer() == linked.access_token
     assert replica.status().last_error is None
+
+
+async def test_a_retired_manager_lets_its_refresh_finish_and_saves_what_it_brought(
+    cluster: Cluster,
+) -> None:
+    """A reload removed or replaced the connection while its refresh waits at the identity
+    service: retiring (unlike closing at shutdown) lets it finish and save the new set, which
+    holds the only valid refresh token."""
+    store, refreshing, _other, pending = await _refresh_held_at_the_idp(cluster)
+    refresher = asyncio.create_task(refreshing.run_refresher())
+    retiring = asyncio.create_task(refreshing.retire(refresher))
+    await asyncio.sleep(0.3)
+    assert not retiring.done()  # it waits for the refresh
+    cluster.sandbox.sandbox.token_gate.set()
+    await asyncio.wait_for(retiring, 10)
+    assert refresher.cancelled()
+    token = await pending
+    stored = await store.load("nmbrs")
+    assert stored is not None
+    assert (stored.access_token, stored.version) == (token, 5)
+    assert cluster.each_refresh_token_redeemed_once()
