@@ -31,6 +31,7 @@ from proxy.forwarding.observe import (
     METRICS,
     TRAFFIC,
     Observation,
+    count_request,
     log_access,
 )
 from proxy.forwarding.state import PROXY_STATE
@@ -43,7 +44,7 @@ from proxy.inbound.policy import (
     presented_key,
     source_address,
 )
-from proxy.telemetry.audit import AUDITING, PROBLEM, audit_line, shown_target
+from proxy.telemetry.audit import AUDITING, PROBLEM, audited
 from proxy.telemetry.audit import request_id as pick_request_id
 from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
 
@@ -147,20 +148,12 @@ class DataPlane:
             ended = time.perf_counter()
             traffic.in_flight -= 1
             traffic.last_change = ended
-            self._count(request.method, status, observation, started)
+            count_request(self._metrics, request.method, status, observation)
             if audit is not None:
-                auditing.write(audit_line(
-                    at=audit_at,
-                    request_id=request_id,
-                    client=note.client,
-                    source=request.remote,
-                    connection=note.connection,
-                    method=request.method,
-                    target=shown_target(request.raw_path, include_query=include_query),
-                    status=status,
-                    bytes_in=request.content.total_bytes,
+                auditing.write(audited(
+                    request, at=audit_at, request_id=request_id, note=note, status=status,
+                    include_query=include_query, duration=ended - started,
                     bytes_out=0 if response is None else response.body_length,
-                    duration=ended - started,
                     problem=None if response is None else response.get(PROBLEM),
                 ))
             if access_log.isEnabledFor(logging.INFO):
@@ -190,16 +183,6 @@ class DataPlane:
             response.force_close()
             response.headers["Connection"] = "close"
 
-    def _count(self, method: str, status: int, observation: Observation, started: float) -> None:
-        connection = observation.connection
-        if connection is None:
-            self._metrics.unrouted.request_done(method, status)
-            return
-        bound = connection.metrics
-        bound.request_done(method, status)
-        if observation.headers_sent is not None:
-            added = observation.headers_sent - started - observation.upstream_seconds
-            bound.added_latency.observe(max(0.0, added))
 
 
 def data_plane(app: web.Application, app_handler: Handler) -> Handler:

@@ -81,7 +81,6 @@ def proxy_app(request: web.Request) -> web.Application:
 
 def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
     clock = time.perf_counter
-    unrouted = metrics.unrouted
 
     @web.middleware
     async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -109,21 +108,27 @@ def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
             ended = clock()
             traffic.in_flight -= 1
             traffic.last_change = ended
-            connection = observation.connection
-            if connection is None:
-                unrouted.request_done(request.method, status)
-            else:
-                bound = connection.metrics
-                bound.request_done(request.method, status)
-                if observation.headers_sent is not None:
-                    added = observation.headers_sent - started - observation.upstream_seconds
-                    bound.added_latency.observe(max(0.0, added))
+            count_request(metrics, request.method, status, observation)
             level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
                 log_access(level, request, observation, status=status, seconds=ended - started,
                             response=response)
 
     return observe
+
+
+def count_request(metrics: Metrics, method: str, status: int, observation: Observation) -> None:
+    """A finished request in the metrics: by connection (or unrouted), method and status
+    class, and the latency the proxy added to it."""
+    connection = observation.connection
+    if connection is None:
+        metrics.unrouted.request_done(method, status)
+        return
+    bound = connection.metrics
+    bound.request_done(method, status)
+    if observation.headers_sent is not None:
+        added = observation.headers_sent - observation.started - observation.upstream_seconds
+        bound.added_latency.observe(max(0.0, added))
 
 
 def log_access(

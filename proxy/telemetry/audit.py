@@ -119,6 +119,35 @@ def audit_line(
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
 
 
+def audited(
+    request: web.BaseRequest,
+    *,
+    at: float,
+    request_id: str,
+    note: AccessNote,
+    status: int,
+    include_query: bool,
+    duration: float,
+    bytes_out: int,
+    problem: str | None,
+) -> str:
+    """The audit line of a finished request (the middleware's and the data plane's)."""
+    return audit_line(
+        at=at,
+        request_id=request_id,
+        client=note.client,
+        source=request.remote,
+        connection=note.connection,
+        method=request.method,
+        target=shown_target(request.raw_path, include_query=include_query),
+        status=status,
+        bytes_in=request.content.total_bytes,
+        bytes_out=bytes_out,
+        duration=duration,
+        problem=problem,
+    )
+
+
 class AuditLog:
     """JSON lines to a stream or file, written by one daemon thread."""
 
@@ -266,20 +295,10 @@ def audit_middleware() -> Middleware:
             status = CLIENT_CLOSED
             raise
         finally:
-            note = request[ACCESS_NOTE]
-            auditing.write(audit_line(
-                at=at,
-                request_id=request[REQUEST_ID],
-                client=note.client,
-                source=request.remote,
-                connection=note.connection,
-                method=request.method,
-                target=shown_target(request.raw_path, include_query=include_query),
-                status=status,
-                bytes_in=request.content.total_bytes,
-                bytes_out=bytes_out,
-                duration=loop.time() - started,
-                problem=problem,
+            auditing.write(audited(
+                request, at=at, request_id=request[REQUEST_ID], note=request[ACCESS_NOTE],
+                status=status, include_query=include_query, duration=loop.time() - started,
+                bytes_out=bytes_out, problem=problem,
             ))
         return response
 
