@@ -33,7 +33,8 @@ from proxy.forwarding.observe import (
 )
 from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.forwarding.upstream import Pool
-from proxy.inbound.access import DOOR, Doorway, access
+from proxy.inbound.access import DOOR, QUOTAS, Doorway, access
+from proxy.inbound.quotas import ClientQuotas
 from proxy.ops.consent import setup_consent
 from proxy.ops.console import setup_console
 from proxy.ops.endpoints import healthz, metrics, readyz
@@ -88,6 +89,9 @@ def create_app(
         client_max_size=1024**2,
     )
     app[DOOR] = Doorway(door_for(settings))
+    quotas = app[QUOTAS] = ClientQuotas(
+        on_refused=lambda client, limit: registry.client_quota_refused.labels(client, limit).inc())
+    quotas.configure(settings.clients)
     app[DATA_PLANE] = data_plane  # forwarded requests skip the router (proxy.server.ProxyRunner)
     setup_audit(app, settings.audit)
     owns_store = store is None

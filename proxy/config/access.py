@@ -18,7 +18,7 @@ from proxy.config.problems import _Invalid
 from proxy.config.reader import _Reader
 from proxy.config.references import _Context
 from proxy.config.schema import AUDIT_OFF, AUDIT_STREAMS, AuditSettings, Settings
-from proxy.config.values import _array, _boolean, _method, _path_pattern, _text
+from proxy.config.values import _array, _boolean, _count, _method, _path_pattern, _seconds, _text
 from proxy.inbound.policy import LOOPBACK, AdminAccess, Client, IPNetwork, Rule, bind_problem
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
@@ -111,6 +111,11 @@ def _client(
     cidrs = table.optional("cidrs", _array(_network, allow_empty=False)) or ()
     allowed = table.optional("connections", _array(_text, allow_empty=False))
     read_only = table.get("read_only", _boolean, default=False)
+    rate = table.optional("max_requests_per_second", _seconds(allow_zero=False))
+    burst = table.optional("burst", _count(1))
+    if burst is not None and rate is None and table.is_valid("max_requests_per_second"):
+        table.problem("has no effect without max_requests_per_second", "burst")
+    max_concurrent = table.optional("max_concurrent", _count(1))
     rule_tables = table.array_of_tables("rules")
     rules = [_rule(rule) for rule in rule_tables] if rule_tables is not None else None
     if rule_tables == []:
@@ -132,6 +137,9 @@ def _client(
         connections=frozenset(allowed) if allowed is not None else None,
         rules=tuple(rule for rule in rules if rule is not None) if rules is not None else None,
         read_only=read_only,
+        rate_per_second=rate,
+        burst=1 if burst is None else burst,
+        max_concurrent=max_concurrent,
     )
 
 

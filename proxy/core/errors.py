@@ -101,6 +101,18 @@ class TooManyRequests(ProxyError):
         )
 
 
+class ClientQuotaExceeded(TooManyRequests):
+    """A client sent more than its `[[clients]]` quota allows; nothing went upstream."""
+
+    slug = "client-quota-exceeded"
+    title = "Too many requests from this client"
+
+    def __init__(self, detail: str, *, client: str, limit: str, retry_after: float) -> None:
+        self.client = client
+        self.limit = limit  # "rate" or "concurrency"
+        super().__init__(detail, retry_after=retry_after)
+
+
 class HeadersTooLarge(ProxyError):
     status = 431
     slug = "headers-too-large"

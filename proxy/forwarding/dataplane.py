@@ -36,7 +36,7 @@ from proxy.forwarding.observe import (
 )
 from proxy.forwarding.state import PROXY_STATE
 from proxy.inbound import guard
-from proxy.inbound.access import DOOR, AccessNote, Door
+from proxy.inbound.access import DOOR, QUOTAS, AccessNote, Door
 from proxy.inbound.policy import (
     PROXY_PATH,
     check_forward,
@@ -89,13 +89,15 @@ def http_problem(exc: web.HTTPException) -> web.Response:
 class DataPlane:
     """The request handler of the proxy's listener; made once the application has started."""
 
-    __slots__ = ("_app_handler", "_auditing", "_doorway", "_metrics", "_state", "_traffic")
+    __slots__ = ("_app_handler", "_auditing", "_doorway", "_metrics", "_quotas", "_state",
+                 "_traffic")
 
     def __init__(self, app: web.Application, app_handler: Handler) -> None:
         self._app_handler = app_handler
         # Holders a reload fills anew (proxy.ops.reload): read once per request.
         self._doorway = app[DOOR]
         self._auditing = app[AUDITING]
+        self._quotas = app[QUOTAS]
         self._state = app[PROXY_STATE]
         self._metrics = app[METRICS]
         self._traffic = app[TRAFFIC]
@@ -170,11 +172,17 @@ class DataPlane:
         connection, upstream_path = door.route(path)
         note.client = client.name if client is not None else None
         note.connection = connection
+        release = None
         if client is not None:
             check_forward(client, source=source_address(request.remote), connection=connection,
                           method=request.method, path=upstream_path)
+            release = self._quotas.admit(client, time.monotonic())
         finish = functools.partial(self._finish, request_id=observation.request_id)
-        return await forward_request(request, self._state, observation, finish)
+        try:
+            return await forward_request(request, self._state, observation, finish)
+        finally:
+            if release is not None:
+                release()
 
     def _finish(self, response: web.StreamResponse, request_id: str) -> None:
         """What the application's on_response_prepare hook does for a routed request."""

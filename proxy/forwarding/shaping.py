@@ -24,41 +24,16 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from proxy.core.errors import TooManyRequests
+from proxy.core.rate import TokenBucket
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-@dataclass
-class TokenBucket:
-    """`rate` requests per second on average, at most `burst` at one instant. Pure: no clock."""
-
-    rate: float
-    burst: int = 1
-    _tat: float = field(default=-math.inf, repr=False)  # theoretical arrival time
-
-    def delay(self, now: float, ahead: int = 0) -> float:
-        """Seconds from `now` until a request may go after `ahead` others have gone first."""
-        tolerance = (self.burst - 1) / self.rate
-        return max(0.0, max(self._tat, now) + ahead / self.rate - tolerance - now)
-
-    def take(self, now: float, due: float | None = None) -> None:
-        """One request goes at `now` (when `delay(now)` is 0); it was due at `due`, if it waited.
-
-        A timer fires a little late; counting from `due` when the lateness is under a tenth of
-        an interval keeps that from slowing the rate bit by bit. A longer delay (a stalled
-        event loop) counts from `now`, so late requests never go together.
-        """
-        interval = 1 / self.rate
-        if due is not None and 0 <= now - due <= interval / 10:
-            now = due
-        self._tat = max(self._tat, now) + interval
 
 
 @dataclass

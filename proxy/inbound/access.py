@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from urllib.parse import unquote
@@ -23,6 +24,7 @@ from proxy.inbound.policy import (
     presented_key,
     source_address,
 )
+from proxy.inbound.quotas import ClientQuotas
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -65,6 +67,7 @@ class Doorway:
 
 
 DOOR = web.AppKey("door", Doorway)
+QUOTAS = web.AppKey("client_quotas", ClientQuotas)
 
 
 @web.middleware
@@ -95,4 +98,10 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         if client is not None:
             check_forward(client, source=source, connection=connection,
                           method=request.method, path=upstream_path)
+            release = request.app[QUOTAS].admit(client, time.monotonic())
+            if release is not None:
+                try:
+                    return await handler(request)
+                finally:
+                    release()
     return await handler(request)

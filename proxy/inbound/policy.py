@@ -143,6 +143,10 @@ class Client:
     connections: frozenset[str] | None = None  # None: every connection
     rules: tuple[Rule, ...] | None = None  # None: every method and path
     read_only: bool = False
+    # Its share of the upstreams (proxy.inbound.quotas): None means no limit of that kind.
+    rate_per_second: float | None = None
+    burst: int = 1
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True)

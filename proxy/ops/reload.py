@@ -32,7 +32,7 @@ from proxy.forwarding.connection import Connection, build_connection
 from proxy.forwarding.observe import METRICS
 from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.inbound import csrf
-from proxy.inbound.access import DOOR, Door
+from proxy.inbound.access import DOOR, QUOTAS, Door
 from proxy.ops.consent import callback_path
 from proxy.ops.session import CONSENT
 from proxy.telemetry.audit import AUDITING
@@ -126,6 +126,7 @@ class Reloader:
             return Outcome("failed", errors=(f"audit.destination: cannot open it ({exc})",))
         # One synchronous step: the next request sees all of it, none sees a part.
         app[DOOR].door = door_for(running)
+        app[QUOTAS].configure(running.clients)
         state.use(running, connections)
         for connection in leaving:
             state.retire(connection)

@@ -152,6 +152,13 @@ class Metrics:
             ["connection", "operation"],
             registry=registry,
         )
+        self.client_quota_refused = Counter(
+            f"{PREFIX}_client_quota_refused",
+            "Requests refused with 429 because their client was over its quota, by limit: "
+            "rate (max_requests_per_second) or concurrency (max_concurrent).",
+            ["client", "limit"],
+            registry=registry,
+        )
         self.config_reloads = Counter(
             f"{PREFIX}_config_reloads",
             "Reloads of the configuration file: applied, unchanged, invalid (nothing applied) "

@@ -25,6 +25,15 @@ def with_clients(*clients: dict[str, Any], **edits: object) -> dict[str, Any]:
     return data
 
 
+def test_a_client_with_a_quota(tmp_path: Path) -> None:
+    data = with_clients({"name": "etl", "key_sha256": KEY_A, "max_requests_per_second": 2.5,
+                         "burst": 5, "max_concurrent": 3},
+                        {"name": "plain", "key_sha256": KEY_B})
+    quota, plain = parse(data, base_dir=tmp_path, environ={}).clients
+    assert (quota.rate_per_second, quota.burst, quota.max_concurrent) == (2.5, 5, 3)
+    assert (plain.rate_per_second, plain.burst, plain.max_concurrent) == (None, 1, None)
+
+
 def test_no_access_sections_keep_the_old_behaviour(tmp_path: Path) -> None:
     settings = parse(config(), base_dir=tmp_path, environ={})
     assert settings.clients == ()
@@ -173,6 +182,17 @@ HEX = ("must be 64 hexadecimal characters, the SHA-256 of the key (`nmbrs-proxy 
         pytest.param(with_clients({"name": "a", "key_sha256": KEY_A, "read_only": 1}),
                      ["clients[0].read_only: expected a boolean, got an integer"],
                      id="read-only-type"),
+        pytest.param(with_clients({"name": "a", "key_sha256": KEY_A,
+                                   "max_requests_per_second": 0, "max_concurrent": 0}),
+                     ["clients[0].max_requests_per_second: must be greater than 0",
+                      "clients[0].max_concurrent: must be at least 1"], id="quota-zero"),
+        pytest.param(with_clients({"name": "a", "key_sha256": KEY_A, "burst": 5}),
+                     ["clients[0].burst: has no effect without max_requests_per_second"],
+                     id="quota-burst-alone"),
+        pytest.param(with_clients({"name": "a", "key_sha256": KEY_A,
+                                   "max_requests_per_second": "fast"}),
+                     ["clients[0].max_requests_per_second: expected a number, got a string"],
+                     id="quota-type"),
         pytest.param(with_clients({"name": "a", "key_sha256": KEY_A, "rules": []}),
                      [("clients[0].rules: must not be empty (leave it out to allow every method "
                       "and path)")], id="rules-empty"),

@@ -8,7 +8,8 @@ from collections.abc import Callable
 import pytest
 
 from proxy.core.errors import TooManyRequests
-from proxy.forwarding.shaping import Permit, Shaper, TokenBucket
+from proxy.core.rate import TokenBucket
+from proxy.forwarding.shaping import Permit, Shaper
 from tests.clock import FakeClock
 
 

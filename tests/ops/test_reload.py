@@ -334,3 +334,13 @@ async def test_a_connection_on_a_callback_path_not_served_yet_waits_for_a_restar
     assert outcome["result"] == "unchanged"
     assert outcome["needs_restart"] == ["connections.other.redirect_uri"]
     assert "other" not in proxy.server.app[PROXY_STATE].connections
+
+
+async def test_a_reload_gives_a_client_a_quota(start: Start) -> None:
+    proxy = await start(("old", OLD_KEY))
+    assert [await proxy.get("/api/x", OLD_KEY) for _ in range(3)] == [200, 200, 200]
+    proxy.write(("old", OLD_KEY))
+    proxy.config.write_text(proxy.config.read_text() + "max_requests_per_second = 0.5\n")
+    status, outcome = await proxy.reload()
+    assert (status, outcome["applied"]) == (200, ["clients"])
+    assert [await proxy.get("/api/x", OLD_KEY) for _ in range(2)] == [200, 429]
