@@ -35,6 +35,7 @@ from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.forwarding.upstream import Pool
 from proxy.inbound.access import DOOR, QUOTAS, Doorway, access
 from proxy.inbound.quotas import ClientQuotas
+from proxy.ops.api import setup_api
 from proxy.ops.consent import setup_consent
 from proxy.ops.console import setup_console
 from proxy.ops.endpoints import healthz, metrics, readyz
@@ -153,6 +154,7 @@ def create_app(
     app.router.add_get("/_proxy/metrics", metrics)
     setup_consent(app, settings, clock=clock)
     setup_reload(app, reload_from)
+    setup_api(app)
     setup_console(app)
     app.router.add_route("*", "/_proxy/{tail:.*}", _not_found)
     app.router.add_route("*", "/{tail:.*}", forward)

@@ -13,7 +13,6 @@ page (303) with a fixed notice code, never with text from the request.
 
 from __future__ import annotations
 
-import logging
 import secrets
 import time
 from collections.abc import Mapping
@@ -22,17 +21,13 @@ from urllib.parse import quote, urlsplit
 
 from aiohttp import web
 
-from proxy.forwarding.connection import Connection, valid_subscription_key
+from proxy.forwarding.connection import Connection
 from proxy.forwarding.state import PROXY_STATE
 from proxy.inbound import csrf
-from proxy.oauth.protocol import GrantError
-from proxy.ops import pages
+from proxy.ops import actions, pages, views
 from proxy.ops.layout import KEY_PATH, REVOKE_PATH, STATUS_PATH
 from proxy.ops.responses import PAGE_HEADERS, checked_form, page_response, problem_response
 from proxy.ops.session import CONSENT, SESSION_MAX_AGE_SECONDS, pending_logins, store_pending
-from proxy.tokens.store import StoreError
-
-log = logging.getLogger(__name__)
 
 # A page's CSRF token is replaced once its session is this old, so a form stays good for at
 # least the other half of the session's life.
@@ -58,15 +53,6 @@ def setup_console(app: web.Application) -> None:
 
 def card(connection: Connection, now: float) -> pages.ConnectionCard:
     settings = connection.settings
-    source: pages.KeySource | None
-    if connection.manager.subscription_key is not None:
-        source = pages.KeySource.PAGE
-    elif connection.keys is not None:
-        source = pages.KeySource.CONFIG
-    elif connection.requires_key:
-        source = pages.KeySource.MISSING
-    else:
-        source = None  # an API that takes no subscription key
     return pages.ConnectionCard(
         name=connection.name,
         provider=settings.provider,
@@ -75,7 +61,7 @@ def card(connection: Connection, now: float) -> pages.ConnectionCard:
         client_id=settings.client_id,
         scopes_asked=settings.scopes,
         report=connection.report(now),
-        key_source=source,
+        key_source=views.key_source(connection),
         refresh_token_lifetime=settings.refresh_token_lifetime_days * 86400,
         interactive=connection.consent is not None,
     )
@@ -167,30 +153,10 @@ async def save_subscription_key(request: web.Request) -> web.Response:
         return found
     fields, connection = found
     key = fields.get("subscription_key", "").strip()
-    if not valid_subscription_key(key):
-        return problem_response(
-            400,
-            "That subscription key cannot be right",
-            "A subscription key is up to 256 visible characters, without spaces.",
-            "Nothing was changed.",
-        )
     try:
-        await connection.manager.set_subscription_key(key)
-    except ValueError:
-        return problem_response(
-            409,
-            "Connect first",
-            f"{connection.name} is not linked yet: enter the key in its Connect form, and it "
-            "is kept once the account is linked.",
-        )
-    except StoreError:
-        log.exception("could not save the subscription key of connection %s", connection.name)
-        return problem_response(
-            503,
-            "The key could not be saved",
-            "The token store refused the write (see the proxy's log). Nothing was changed.",
-        )
-    log.info("subscription key of connection %s replaced from the page", connection.name)
+        await actions.replace_subscription_key(connection, key, by="page")
+    except actions.Refused as refused:
+        return problem_response(refused.status, refused.title, refused.detail)
     return _back("key-saved", connection.name)
 
 
@@ -200,18 +166,7 @@ async def revoke(request: web.Request) -> web.Response:
         return found
     _, connection = found
     try:
-        revoked = await connection.manager.revoke()
-    except GrantError as exc:
-        log.warning("revoking the grant of connection %s failed: %s", connection.name, exc.error)
-        return problem_response(
-            502,
-            "The grant could not be revoked",
-            f"The identity service did not confirm the revocation: {exc.error}.",
-            "Nothing was changed here; the connection stays linked. Try again in a moment.",
-        )
-    except StoreError:
-        log.exception("revoked connection %s but could not update the store", connection.name)
-        return _back("revoked-unsaved", connection.name)
-    if not revoked:
-        return problem_response(409, "Nothing to revoke", f"{connection.name} is not linked.")
-    return _back("revoked", connection.name)
+        revoked = await actions.revoke(connection, by="page")
+    except actions.Refused as refused:
+        return problem_response(refused.status, refused.title, refused.detail)
+    return _back(revoked.value, connection.name)

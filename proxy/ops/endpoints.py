@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.forwarding.observe import METRICS, TRAFFIC, proxy_app
 from proxy.forwarding.state import PROXY_STATE
+from proxy.ops.views import health
 from proxy.tokens.backends import describe_store
 from proxy.tokens.store import StoreError
 
@@ -36,17 +37,7 @@ async def readyz(request: web.Request) -> web.Response:
     now = state.clock()
     connections = {}
     for name, connection in state.connections.items():
-        report = connection.report(now)
-        status = report.status
-        connections[name] = {
-            "ready": report.ready,
-            "state": status.state.value,
-            "link_state": report.assessment.state.value,
-            "needs_consent": status.needs_consent,
-            "last_error": status.last_error,
-            "quota": connection.quota_stats(),
-            "warnings": sorted(concern.value for concern in report.assessment.concerns),
-        }
+        connections[name] = {**health(connection.report(now)), "quota": connection.quota_stats()}
     ready = not draining and all(c["ready"] for c in connections.values())
     store: dict[str, object] = {"where": describe_store(state.settings.store), "ok": True}
     try:

@@ -27,13 +27,13 @@ from yarl import URL
 from proxy.config import ConfigError, Settings
 from proxy.config.changes import applied, changes, same_identity
 from proxy.config.schema import ConnectionSettings
-from proxy.core.errors import PROBLEM_CONTENT_TYPE
 from proxy.forwarding.connection import Connection, build_connection
 from proxy.forwarding.observe import METRICS
 from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.inbound import csrf
 from proxy.inbound.access import DOOR, QUOTAS, Door
 from proxy.ops.consent import callback_path
+from proxy.ops.responses import api_problem
 from proxy.ops.session import CONSENT
 from proxy.telemetry.audit import AUDITING
 from proxy.tokens.store import StoreError
@@ -196,23 +196,17 @@ def tell_supervisor(environ: Mapping[str, str] = os.environ) -> None:
 async def reload_api(request: web.Request) -> web.Response:
     """`POST /_proxy/api/reload`: the outcome as JSON; an invalid file as problem+json (422)."""
     if not csrf.same_origin(request.headers, host=request.host):
-        return _problem(403, "forbidden", "Refused", "This request came from another site.")
+        return api_problem(403, "forbidden", "Refused", "This request came from another site.")
     outcome = await request.app[RELOADER].reload(request.app)
     if outcome.result == "invalid":
-        return _problem(422, "invalid-configuration", "The configuration file is invalid",
+        return api_problem(422, "invalid-configuration", "The configuration file is invalid",
                         "Nothing was applied: the proxy keeps serving with its settings.",
                         errors=list(outcome.errors))
     if outcome.result == "failed":
-        return _problem(409, "reload-failed", "The configuration could not be applied",
+        return api_problem(409, "reload-failed", "The configuration could not be applied",
                         "; ".join(outcome.errors))
     tell_supervisor()
     return web.json_response(outcome.to_json())
-
-
-def _problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> web.Response:
-    body = {"type": f"urn:nmbrs-proxy:problem:{slug}", "title": title, "status": status,
-            "detail": detail, **extra}
-    return web.json_response(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
 
 
 def setup_reload(app: web.Application, source: SettingsSource | None) -> None:

@@ -1,15 +1,16 @@
-"""How the /_proxy/ handlers answer a browser: HTML pages with the area's security headers, the
-problem page, and the check every form POST passes first (same origin, and the CSRF token kept
-in the session cookie).
+"""How the /_proxy/ handlers answer: HTML pages with the area's security headers, the problem
+page, the check every form POST passes first (same origin, and the CSRF token kept in the
+session cookie), and the admin API's problem+json.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final
+from typing import Any, Final
 
 from aiohttp import web
 
+from proxy.core.errors import PROBLEM_CONTENT_TYPE
 from proxy.inbound import csrf
 from proxy.ops.outcome_pages import problem_page
 from proxy.ops.session import CONSENT
@@ -56,3 +57,11 @@ async def checked_form(request: web.Request) -> Mapping[str, str] | web.Response
             "Reload the list of connections and try again.",
         )
     return fields
+
+
+def api_problem(status: int, slug: str, title: str, detail: str, **extra: Any) -> web.Response:
+    """An admin API error: problem+json (RFC 9457) with a stable `type` per kind of problem."""
+    body = {"type": f"urn:nmbrs-proxy:problem:{slug}", "title": title, "status": status,
+            "detail": detail, **extra}
+    return web.json_response(body, status=status, content_type=PROBLEM_CONTENT_TYPE,
+                             headers={"Cache-Control": "no-store"})
