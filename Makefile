@@ -82,7 +82,7 @@ test-latest: system-deps
 	NMBRS_PROXY_UNLOCKED=1 $(LATEST_VENV)/bin/pytest
 
 # Programs the test suite starts for real (none are faked): installed from Debian's packages.
-SYSTEM_PROGRAMS := chromium:chromium redis-server:redis-server
+SYSTEM_PROGRAMS := chromium:chromium redis-server:redis-server tinyproxy:tinyproxy
 system-deps:
 	@missing=""; for p in $(SYSTEM_PROGRAMS); do command -v $${p%%:*} >/dev/null || missing="$$missing $${p##*:}"; done; \
 	if [ -n "$$missing" ]; then \
