@@ -25,7 +25,7 @@ _LIVE_SERVER_KEYS = frozenset({"allow_anonymous"})
 IDENTITY_FIELDS = (
     "provider", "client_id", "client_secret", "issuer", "redirect_uri", "scopes", "token_url",
     "revocation_url", "auth_method", "audience", "token_params", "account_id",
-    "refresh_margin_seconds", "connect_timeout_seconds", "read_timeout_seconds",
+    "refresh_margin_seconds", "connect_timeout_seconds", "read_timeout_seconds", "egress", "tls",
 )
 
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from proxy.config.outbound import Outbound, read_outbound, resolve_outbound
 from proxy.config.problems import _Invalid
 from proxy.config.reader import _Parser, _Reader, _shown_key
 from proxy.config.references import _Context
@@ -287,14 +288,15 @@ def _quota(table: _Reader, *, rate_per_second: float | None) -> dict[str, Any]:
 _CONNECTION_NAME: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def _connections(table: _Reader | None) -> tuple[ConnectionSettings, ...]:
+def _connections(table: _Reader | None, upstream: Outbound,
+                 ) -> tuple[ConnectionSettings, ...]:
     if table is None:  # not a table: already reported
         return ()
     if table.is_empty():
         table.problem("at least one connection is required")
         return ()
     prefixes: dict[str, str] = {}  # normalised prefix -> the connection that claimed it first
-    connections = [_connection(name, sub, prefixes) for name, sub in table.tables()]
+    connections = [_connection(name, sub, prefixes, upstream) for name, sub in table.tables()]
     return tuple(connection for connection in connections if connection is not None)
 
 
@@ -337,7 +339,8 @@ def _connection_values(table: _Reader, profile: _Provider) -> dict[str, Any]:
     return values
 
 
-def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> ConnectionSettings | None:
+def _connection(name: str, table: _Reader, prefixes: dict[str, str],
+                upstream: Outbound) -> ConnectionSettings | None:
     """One connection, or None when it has problems (all of them recorded)."""
     before = table.problem_count()
     if not _CONNECTION_NAME.fullmatch(name):
@@ -347,6 +350,7 @@ def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> Connecti
         return None
     profile = _PROVIDERS[provider]
     values = _connection_values(table, profile)
+    written = read_outbound(table).over(upstream)
     table.finish(_not_taken_by(provider))
     if table.is_valid("prefix"):  # a bad prefix has the default standing in: nothing to compare
         prefix = values["prefix"]
@@ -355,4 +359,8 @@ def _connection(name: str, table: _Reader, prefixes: dict[str, str]) -> Connecti
             table.problem(f"{prefix!r} is already served by connection {first!r}", "prefix")
     if table.problem_count() > before:
         return None
-    return ConnectionSettings(name=name, provider=provider, **values)
+    outbound = resolve_outbound(written, table, table.context)
+    if outbound is None:
+        return None
+    egress, tls = outbound
+    return ConnectionSettings(name=name, provider=provider, egress=egress, tls=tls, **values)

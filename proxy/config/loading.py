@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from proxy.config.access import _connection_names, _with_access
 from proxy.config.connections import _connections
+from proxy.config.outbound import Outbound, read_outbound
 from proxy.config.problems import ConfigError, _reason
 from proxy.config.reader import _Reader
 from proxy.config.references import _Context
@@ -62,11 +63,16 @@ def parse(data: Mapping[str, Any], *, base_dir: Path, environ: Mapping[str, str]
     server = root.table("server")
     store = root.table("store")
     session = root.table("session")
+    upstream = root.table("upstream")
+    outbound = Outbound()
+    if upstream is not None:
+        outbound = read_outbound(upstream)
+        upstream.finish()
     settings = Settings(
         server=_server(server) if server is not None else ServerSettings(),
         store=_store(store) if store is not None else StoreSettings(),
         session=_session(session) if session is not None else SessionSettings(),
-        connections=_connections(root.table("connections")),
+        connections=_connections(root.table("connections"), outbound),
     )
     settings = _with_access(root, settings, _connection_names(data))
     root.finish()

@@ -43,6 +43,10 @@ class _Reader:
         self._known: list[str] = []
         self._invalid: set[str] = set()  # keys with a recorded problem
 
+    @property
+    def context(self) -> _Context:
+        return self._context
+
     def key(self, name: str) -> str:
         shown = name if _BARE_KEY.fullmatch(name) else json.dumps(name)
         return f"{self._key}.{shown}" if self._key else shown

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from proxy.core.egress import DIRECT, EgressPolicy
 from proxy.core.secret import Secret
+from proxy.core.tls import OutboundTls
 from proxy.inbound.policy import AccessPolicy, AdminAccess, Client, PathPattern
 from proxy.oauth.client_credentials import CLIENT_SECRET_BASIC
 
@@ -117,6 +119,10 @@ class ConnectionSettings:
     cache: CacheSettings | None = None
     # How long the identity service honours a refresh token; the page warns near its end.
     refresh_token_lifetime_days: float = 30.0
+    # How its upstream and identity service are reached (proxy.config.outbound): through which
+    # HTTP proxy, trusting which CAs, with which client certificate.
+    egress: EgressPolicy = DIRECT
+    tls: OutboundTls = field(default_factory=OutboundTls)
 
     @property
     def subscription_keys(self) -> tuple[Secret, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -22,10 +23,10 @@ from proxy.core.secret import plain
 from proxy.forwarding.cache import ResponseCache
 from proxy.forwarding.credentials import KeyRing
 from proxy.forwarding.shaping import Shaper
-from proxy.forwarding.upstream import Origin
+from proxy.forwarding.upstream import Origin, Route
 from proxy.oauth.nomba import ACCOUNT_HEADER
 from proxy.telemetry.metrics import ConnectionMetrics, ConnectionReport, Metrics
-from proxy.tokens.endpoints import Discovery
+from proxy.tokens.endpoints import DIRECT_REACH, Discovery, Reach
 from proxy.tokens.grants import (
     AuthorizationCodeGrant,
     ClientCredentialsGrant,
@@ -63,6 +64,7 @@ class GrantContext:
     session: aiohttp.ClientSession
     timeout: aiohttp.ClientTimeout
     clock: Clock
+    reach: Reach = DIRECT_REACH  # through which proxy, trusting which CAs
 
 
 def _nmbrs(settings: ConnectionSettings, ctx: GrantContext) -> Grant:
@@ -70,13 +72,15 @@ def _nmbrs(settings: ConnectionSettings, ctx: GrantContext) -> Grant:
     assert settings.redirect_uri is not None
     return AuthorizationCodeGrant(
         ctx.session,
-        Discovery(ctx.session, settings.issuer, timeout=ctx.timeout, clock=ctx.clock),
+        Discovery(ctx.session, settings.issuer, timeout=ctx.timeout, clock=ctx.clock,
+                  reach=ctx.reach),
         client_id=settings.client_id,
         client_secret=settings.client_secret,
         redirect_uri=settings.redirect_uri,
         scopes=settings.scopes,
         timeout=ctx.timeout,
         clock=ctx.clock,
+        reach=ctx.reach,
     )
 
 
@@ -90,6 +94,7 @@ def _machine(settings: ConnectionSettings, ctx: GrantContext) -> dict[str, Any]:
         "client_secret": settings.client_secret,
         "timeout": ctx.timeout,
         "clock": ctx.clock,
+        "reach": ctx.reach,
     }
 
 
@@ -140,7 +145,7 @@ class UpstreamCounters:
 @dataclass
 class Connection:
     settings: ConnectionSettings
-    origin: Origin  # where forwarded requests go
+    route: Route  # where forwarded requests go, and how (directly, or via an HTTP proxy)
     base_path: str  # the upstream URL's path ("" or e.g. "/v1"), put before every target
     grant: Grant
     manager: TokenManager
@@ -159,6 +164,10 @@ class Connection:
     @property
     def name(self) -> str:
         return self.settings.name
+
+    @property
+    def origin(self) -> Origin:
+        return self.route.origin
 
     @property
     def consent(self) -> AuthorizationCodeGrant | None:
@@ -224,6 +233,13 @@ class Connection:
         return stats
 
 
+def upstream_route(settings: ConnectionSettings, tls: ssl.SSLContext | None) -> Route:
+    """How the connection's API is reached: its egress proxy (if any) and TLS context."""
+    origin = Origin.parse(settings.upstream)
+    via = settings.egress.proxy_for(origin.scheme, origin.host, origin.port)
+    return Route(origin, via, tls)
+
+
 def build_connection(
     settings: ConnectionSettings,
     *,
@@ -240,12 +256,15 @@ def build_connection(
         sock_connect=settings.connect_timeout_seconds,
         sock_read=settings.read_timeout_seconds,
     )
+    # One context for the API and the identity service (None: the system's CAs, shared).
+    tls = None if settings.tls.is_default else settings.tls.context()
     if metrics is None:  # a connection outside a served app (the login command)
         metrics = Metrics(process=False)
     if keep is not None:
         grant, manager = keep.grant, keep.manager
     else:
-        grant = GRANTS[settings.provider](settings, GrantContext(session, timeout, clock))
+        reach = Reach(settings.egress, tls)
+        grant = GRANTS[settings.provider](settings, GrantContext(session, timeout, clock, reach))
         manager = TokenManager(
             settings.name,
             grant,
@@ -265,7 +284,7 @@ def build_connection(
     keys = settings.subscription_keys
     return Connection(
         settings=settings,
-        origin=Origin.parse(settings.upstream),
+        route=upstream_route(settings, tls),
         base_path=urlsplit(settings.upstream).path.rstrip("/"),
         grant=grant,
         manager=manager,

@@ -159,7 +159,7 @@ async def _send(
     sent = time.perf_counter()
     try:
         response = await state.pool.request(
-            connection.origin,
+            connection.route,
             request.method,
             target,
             headers,
@@ -167,6 +167,15 @@ async def _send(
             connect_timeout=connection.settings.connect_timeout_seconds,
             read_timeout=connection.settings.read_timeout_seconds,
         )
+    except upstream.EgressProxyError as exc:
+        observation.upstream_seconds += time.perf_counter() - sent
+        log.warning("connection %s: %s", connection.name, exc)
+        error = GatewayTimeout if isinstance(exc, TimeoutError) else BadGateway
+        raise error(
+            f"the upstream of connection {connection.name!r} could not be reached: {exc}",
+            connection=connection.name,
+            unsent=True,
+        ) from None
     except TimeoutError as exc:
         observation.upstream_seconds += time.perf_counter() - sent
         raise GatewayTimeout(

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import aiohttp
 from cachetools import TTLCache
 
+from proxy.core.egress import DIRECT, EgressPolicy
 from proxy.oauth.protocol import Endpoints, GrantError, parse_discovery
 
 # The grant clients' records keep the logger name they always had.
@@ -28,6 +31,34 @@ Clock = Callable[[], float]
 _FORM = "application/x-www-form-urlencoded"
 # How long a discovery document is used before it is read again.
 DISCOVERY_TTL_SECONDS: Final = 3600.0
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How the identity service is reached: through which HTTP proxy (chosen per URL, by
+    no_proxy too) and verified with which TLS context (None: the system's CAs)."""
+
+    egress: EgressPolicy = DIRECT
+    tls: ssl.SSLContext | None = field(default=None, compare=False)
+
+    def options(self, url: str) -> dict[str, Any]:
+        """aiohttp's request arguments for `url`."""
+        options: dict[str, Any] = {}
+        if self.tls is not None:
+            options["ssl"] = self.tls
+        if self.egress is DIRECT:
+            return options
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        via = self.egress.proxy_for(parts.scheme, parts.hostname or "", port)
+        if via is not None:
+            options["proxy"] = via.shown
+            if via.authorization is not None:
+                options["proxy_headers"] = {"Proxy-Authorization": via.authorization.reveal()}
+        return options
+
+
+DIRECT_REACH: Final = Reach()
 
 
 class Discovery:
@@ -46,8 +77,10 @@ class Discovery:
         timeout: aiohttp.ClientTimeout,
         clock: Clock = time.time,
         ttl: float = DISCOVERY_TTL_SECONDS,
+        reach: Reach = DIRECT_REACH,
     ) -> None:
         self._session = session
+        self._reach = reach
         self.issuer = issuer
         self._timeout = timeout
         self._cached: TTLCache[str, Endpoints] = TTLCache(maxsize=1, ttl=ttl, timer=clock)
@@ -82,7 +115,8 @@ class Discovery:
         url = f"{self.issuer}/.well-known/openid-configuration"
         try:
             async with self._session.get(
-                url, headers={"Accept": "application/json"}, timeout=self._timeout
+                url, headers={"Accept": "application/json"}, timeout=self._timeout,
+                **self._reach.options(url),
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -115,6 +149,7 @@ async def post(
     form: Mapping[str, str] | None = None,
     json_body: Mapping[str, str] | None = None,
     what: str = "token endpoint",
+    reach: Reach = DIRECT_REACH,
 ) -> Reply:
     """POST a form or a JSON body; a network failure or timeout is a transient GrantError."""
     sent = {"Accept": "application/json", **headers}
@@ -128,6 +163,7 @@ async def post(
             headers=sent,
             timeout=timeout,
             allow_redirects=False,
+            **reach.options(url),
         ) as response:
             raw = await response.read()
             return Reply(response.status, _json(raw) if raw else None, response.headers.get("Date"))
@@ -145,4 +181,9 @@ def _json(raw: bytes) -> Any:
 def _describe(exc: BaseException, what: str) -> str:
     if isinstance(exc, TimeoutError):
         return f"the {what} did not answer in time"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return (f"the {what} could not be reached: the egress proxy refused "
+                f"({exc.status} {exc.message})")
+    if isinstance(exc, aiohttp.ClientProxyConnectionError):
+        return f"the {what} could not be reached: no connection to the egress proxy"
     return f"the {what} could not be reached ({type(exc).__name__})"

@@ -22,7 +22,7 @@ from proxy.core.secret import Secret
 from proxy.oauth import client_credentials, nitro, nomba
 from proxy.oauth.protocol import GrantError, parse_token_error, parse_token_response
 from proxy.oauth.token_set import TokenSet
-from proxy.tokens.endpoints import Clock, Discovery, Reply, post
+from proxy.tokens.endpoints import DIRECT_REACH, Clock, Discovery, Reach, Reply, post
 
 __all__ = [
     "AuthorizationCodeGrant",
@@ -71,8 +71,10 @@ class AuthorizationCodeGrant:
         scopes: tuple[str, ...],
         timeout: aiohttp.ClientTimeout,
         clock: Clock,
+        reach: Reach = DIRECT_REACH,
     ) -> None:
         self._session = session
+        self._reach = reach
         self.discovery = discovery
         self.client_id = client_id
         self._client_secret = client_secret
@@ -123,7 +125,7 @@ class AuthorizationCodeGrant:
         )
         return await post(
             self._session, url, form=request.form, headers=request.headers,
-            timeout=self._timeout, what=what,
+            timeout=self._timeout, what=what, reach=self._reach,
         )  # fmt: skip
 
     async def _token_request(self, form: dict[str, str], *, previous: TokenSet | None) -> TokenSet:
@@ -156,6 +158,7 @@ class MachineGrant:
     client_secret: Secret
     timeout: aiohttp.ClientTimeout = field(repr=False)
     clock: Clock = field(repr=False)
+    reach: Reach = field(default=DIRECT_REACH, repr=False)
 
     async def _post(
         self,
@@ -168,7 +171,7 @@ class MachineGrant:
     ) -> Reply:
         return await post(
             self.session, url, headers=headers, timeout=self.timeout, form=form,
-            json_body=json_body, what=what,
+            json_body=json_body, what=what, reach=self.reach,
         )  # fmt: skip
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 from proxy.forwarding.upstream.errors import (
     ConnectError,
     ConnectTimeout,
+    EgressProxyError,
+    EgressProxyTimeout,
     ProtocolError,
     ReadTimeout,
     UpstreamError,
 )
-from proxy.forwarding.upstream.origin import Origin
+from proxy.forwarding.upstream.origin import Origin, Route
 from proxy.forwarding.upstream.pool import IDEMPOTENT, MAX_IDLE_PER_ORIGIN, Pool
 from proxy.forwarding.upstream.protocol import HIGH_WATER, LOW_WATER
 from proxy.forwarding.upstream.request import Body
@@ -31,10 +33,13 @@ __all__ = [
     "Body",
     "ConnectError",
     "ConnectTimeout",
+    "EgressProxyError",
+    "EgressProxyTimeout",
     "Origin",
     "Pool",
     "ProtocolError",
     "ReadTimeout",
     "Response",
+    "Route",
     "UpstreamError",
 ]

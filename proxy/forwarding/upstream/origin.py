@@ -1,9 +1,14 @@
-"""Where requests go: an origin is a pool's key, and names itself in the Host header."""
+"""Where requests go: an origin names itself in the Host header; a route says how it is
+reached (directly or through an HTTP proxy, verified with which TLS context) and is a pool's
+key."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ssl
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
+
+from proxy.core.egress import EgressProxy
 
 
 @dataclass(frozen=True)
@@ -30,3 +35,27 @@ class Origin:
     @property
     def tls(self) -> bool:
         return self.scheme == "https"
+
+
+@dataclass(frozen=True, eq=False)  # compared (and hashed) by identity: one per connection
+class Route:
+    """How an origin is reached: `via` an HTTP proxy or directly, with `tls` (None: the pool's
+    default context)."""
+
+    origin: Origin
+    via: EgressProxy | None = None
+    tls: ssl.SSLContext | None = None
+    # A plain origin through a proxy: absolute-form targets, and the proxy's credentials.
+    target_prefix: str = field(init=False, default="")
+    proxy_header: str = field(init=False, default="", repr=False)
+
+    def __post_init__(self) -> None:
+        if self.via is not None and not self.origin.tls:
+            object.__setattr__(self, "target_prefix", f"http://{self.origin.host_header}")
+            if self.via.authorization is not None:
+                object.__setattr__(self, "proxy_header",
+                                   "Proxy-Authorization: " + self.via.authorization.reveal())
+
+    @property
+    def tunnelled(self) -> bool:
+        return self.via is not None and self.origin.tls

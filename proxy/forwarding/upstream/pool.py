@@ -17,7 +17,13 @@ What it guarantees:
 - A stale connection: when a reused connection fails before the first byte of an answer, a
   request whose method is idempotent (RFC 9110 §9.2.2) and whose body is in memory is sent once
   more, on a new connection. Anything else gets the error: the upstream may have acted on it.
-- TLS with verification: the default context (system CAs, or $SSL_CERT_FILE) and SNI.
+- TLS with verification: the default context (system CAs, or $SSL_CERT_FILE) or the route's
+  own (a private CA, a client certificate), and SNI.
+- An egress proxy, when the route names one: a TLS origin through a `CONNECT` tunnel (TLS end
+  to end inside it, the tunnel pooled like a direct connection), a plain one with
+  absolute-form requests; `Proxy-Authorization` from the proxy URL's credentials. A proxy
+  that refuses (any answer but 2xx to CONNECT, or 407 to a plain request) or closes the tunnel
+  is an `EgressProxyError` naming it, within `connect_timeout`.
 - Cancellation: a request cancelled at any point closes its connection; it is never reused.
 """
 
@@ -30,8 +36,15 @@ from typing import Final
 
 from multidict import MultiMapping
 
-from proxy.forwarding.upstream.errors import ConnectError, ConnectTimeout, ProtocolError
-from proxy.forwarding.upstream.origin import Origin
+from proxy.core.egress import EgressProxy
+from proxy.forwarding.upstream.errors import (
+    ConnectError,
+    ConnectTimeout,
+    EgressProxyError,
+    EgressProxyTimeout,
+    ProtocolError,
+)
+from proxy.forwarding.upstream.origin import Origin, Route
 from proxy.forwarding.upstream.protocol import _Connection
 from proxy.forwarding.upstream.request import (
     Body,
@@ -43,6 +56,9 @@ from proxy.forwarding.upstream.request import (
 from proxy.forwarding.upstream.response import Response
 
 MAX_IDLE_PER_ORIGIN: Final = 256
+# The most a proxy's answer to CONNECT may hold before its blank line.
+_MAX_TUNNEL_ANSWER: Final = 16 * 1024
+_PROXY_AUTH_REQUIRED: Final = 407
 IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
@@ -54,7 +70,8 @@ class Pool:
     ) -> None:
         self._keepalive_timeout = keepalive_timeout
         self._ssl_context = ssl_context
-        self._idle: dict[Origin, deque[_Connection]] = {}
+        self._idle: dict[Route, deque[_Connection]] = {}
+        self._direct: dict[Origin, Route] = {}
         self._busy: set[_Connection] = set()
         self._closed = False
 
@@ -64,12 +81,20 @@ class Pool:
             self._ssl_context = ssl.create_default_context()  # verifies, with SNI
         return self._ssl_context
 
-    def idle_count(self, origin: Origin) -> int:
-        return len(self._idle.get(origin, ()))
+    def idle_count(self, destination: Origin | Route) -> int:
+        return len(self._idle.get(self._route(destination), ()))
+
+    def _route(self, destination: Origin | Route) -> Route:
+        if isinstance(destination, Route):
+            return destination
+        route = self._direct.get(destination)
+        if route is None:
+            route = self._direct[destination] = Route(destination)
+        return route
 
     async def request(
         self,
-        origin: Origin,
+        destination: Origin | Route,
         method: str,
         target: str,
         headers: MultiMapping[str],
@@ -86,19 +111,30 @@ class Pool:
         """
         if self._closed:
             raise ConnectError("the upstream pool is closed")
-        head, fixed_length = _request_head(method, target, origin.host_header, headers, body)
+        route = self._route(destination)
+        head, fixed_length = _request_head(
+            method, route.target_prefix + target if route.target_prefix else target,
+            route.origin.host_header, headers, body, extra=route.proxy_header)
         outgoing = _Outgoing(method, head, body, fixed_length, read_timeout)
-        conn = await self._acquire(origin, connect_timeout)
+        conn = await self._acquire(route, connect_timeout)
         try:
-            return await self._exchange(conn, outgoing)
+            response = await self._exchange(conn, outgoing)
         except ProtocolError:
             replayable = body is None or isinstance(body, bytes)
             if not (conn.reused and not conn.got_answer_bytes and replayable
                     and method in IDEMPOTENT):
                 raise
-        # The connection had gone stale in the pool: once more, on a new one.
-        conn = await self._connect(origin, connect_timeout)
-        return await self._exchange(conn, outgoing)
+            # The connection had gone stale in the pool: once more, on a new one.
+            conn = await self._connect(route, connect_timeout)
+            response = await self._exchange(conn, outgoing)
+        if response.status == _PROXY_AUTH_REQUIRED and route.target_prefix:
+            response.release()
+            conn.close()
+            assert route.via is not None
+            raise EgressProxyError(
+                f"the egress proxy {route.via.shown} refused the request to "
+                f"{route.origin.host_header}: 407 Proxy Authentication Required")
+        return response
 
     async def _exchange(self, conn: _Connection, outgoing: _Outgoing) -> Response:
         body = outgoing.body
@@ -129,8 +165,8 @@ class Pool:
             raise
         return response
 
-    async def _acquire(self, origin: Origin, connect_timeout: float) -> _Connection:
-        idle = self._idle.get(origin)
+    async def _acquire(self, route: Route, connect_timeout: float) -> _Connection:
+        idle = self._idle.get(route)
         if idle:
             now = asyncio.get_running_loop().time()
             while idle and now - idle[0].idle_since > self._keepalive_timeout:
@@ -141,28 +177,82 @@ class Pool:
                     conn.reused = True
                     return conn
                 conn.close()
-        return await self._connect(origin, connect_timeout)
+        return await self._connect(route, connect_timeout)
 
-    async def _connect(self, origin: Origin, connect_timeout: float) -> _Connection:
+    async def _connect(self, route: Route, connect_timeout: float) -> _Connection:
+        if route.tunnelled:
+            return await self._tunnel(route, connect_timeout)
+        return await self._open(route, connect_timeout)
+
+    async def _open(self, route: Route, connect_timeout: float) -> _Connection:
+        """A direct connection, or one to the proxy for a plain origin."""
         loop = asyncio.get_running_loop()
+        origin, via = route.origin, route.via
+        host, port = (origin.host, origin.port) if via is None else (via.host, via.port)
+        tls = origin.tls and via is None
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _Connection(self, origin, loop),
-                    origin.host,
-                    origin.port,
-                    ssl=self.ssl_context if origin.tls else None,
-                    server_hostname=origin.host if origin.tls else None,
-                    ssl_handshake_timeout=connect_timeout if origin.tls else None,
+                    lambda: _Connection(self, route, loop),
+                    host,
+                    port,
+                    ssl=(route.tls or self.ssl_context) if tls else None,
+                    server_hostname=origin.host if tls else None,
+                    ssl_handshake_timeout=connect_timeout if tls else None,
                 )
         except TimeoutError:
+            if via is not None:
+                raise EgressProxyTimeout(f"no connection to the egress proxy {via.shown} in "
+                                         f"{connect_timeout:g} s") from None
             raise ConnectTimeout(
                 f"no connection to {origin.host_header} in {connect_timeout:g} s"
             ) from None
         except (OSError, ssl.SSLError) as exc:
+            if via is not None:
+                raise EgressProxyError(f"cannot connect to the egress proxy {via.shown} "
+                                       f"({type(exc).__name__})") from None
             raise ConnectError(
                 f"cannot connect to {origin.host_header} ({type(exc).__name__})"
             ) from None
+        return conn
+
+    async def _tunnel(self, route: Route, connect_timeout: float) -> _Connection:
+        """CONNECT through the proxy, then TLS with the origin inside the tunnel."""
+        loop = asyncio.get_running_loop()
+        origin, via = route.origin, route.via
+        assert via is not None
+        transport: asyncio.BaseTransport | None = None
+        try:
+            async with asyncio.timeout(connect_timeout):
+                transport, opening = await loop.create_connection(
+                    lambda: _TunnelOpening(loop), via.host, via.port)
+                opening.send(origin, via)
+                await opening.answered(origin, via)
+                tls_transport = await loop.start_tls(
+                    transport, opening, route.tls or self.ssl_context,
+                    server_hostname=origin.host, ssl_handshake_timeout=connect_timeout)
+        except TimeoutError:
+            _abort(transport)
+            raise EgressProxyTimeout(
+                f"no tunnel to {origin.host_header} through the egress proxy {via.shown} in "
+                f"{connect_timeout:g} s") from None
+        except EgressProxyError:
+            _abort(transport)
+            raise
+        except ssl.SSLError as exc:
+            _abort(transport)
+            raise ConnectError(f"cannot connect to {origin.host_header} through the egress "
+                               f"proxy {via.shown} ({type(exc).__name__})") from None
+        except (OSError, ConnectionError) as exc:
+            _abort(transport)
+            raise EgressProxyError(f"cannot connect to the egress proxy {via.shown} "
+                                   f"({type(exc).__name__})") from None
+        if tls_transport is None:  # the loop gave no transport: the tunnel is gone
+            _abort(transport)
+            raise EgressProxyError(f"the egress proxy {via.shown} closed the tunnel")
+        conn = _Connection(self, route, loop)
+        tls_transport.set_protocol(conn)
+        conn.connection_made(tls_transport)
         return conn
 
     def put_back(self, conn: _Connection) -> None:
@@ -170,7 +260,7 @@ class Pool:
         if self._closed:
             conn.close()
             return
-        idle = self._idle.setdefault(conn.origin, deque())
+        idle = self._idle.setdefault(conn.route, deque())
         if len(idle) >= MAX_IDLE_PER_ORIGIN:
             conn.close(graceful=True)
             return
@@ -179,7 +269,7 @@ class Pool:
 
     def forget(self, conn: _Connection) -> None:
         self._busy.discard(conn)
-        idle = self._idle.get(conn.origin)
+        idle = self._idle.get(conn.route)
         if idle and conn in idle:
             idle.remove(conn)
 
@@ -192,3 +282,64 @@ class Pool:
         for conn in list(self._busy):
             conn.close()
         await asyncio.sleep(0.05)  # let the transports finish closing (TLS says goodbye)
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    if transport is not None and not transport.is_closing():
+        transport.abort()  # type: ignore[attr-defined]
+
+
+class _TunnelOpening(asyncio.Protocol):
+    """The CONNECT exchange with the proxy, before TLS starts inside the tunnel."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._answer: asyncio.Future[bytes] = loop.create_future()
+        self._read = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, origin: Origin, via: EgressProxy) -> None:
+        authority = f"[{origin.host}]:{origin.port}" if ":" in origin.host else \
+            f"{origin.host}:{origin.port}"
+        lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}"]
+        if via.authorization is not None:
+            lines.append("Proxy-Authorization: " + via.authorization.reveal())
+        assert self.transport is not None
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+
+    async def answered(self, origin: Origin, via: EgressProxy) -> None:
+        """Returns once the proxy said 2xx; else raises EgressProxyError with what it said."""
+        try:
+            head = await self._answer
+        except ConnectionError:
+            raise EgressProxyError(
+                f"the egress proxy {via.shown} closed the connection before it answered "
+                f"CONNECT {origin.host_header}") from None
+        status_line = head.split(b"\r\n", 1)[0].decode("latin-1")[:200]
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isascii() \
+                or not parts[1].isdigit():
+            raise EgressProxyError(f"the egress proxy {via.shown} did not answer CONNECT with "
+                                   "HTTP")
+        if not 200 <= int(parts[1]) < 300:
+            said = " ".join(parts[1:]).strip()
+            printable = "".join(c if c.isprintable() else "?" for c in said)
+            raise EgressProxyError(
+                f"the egress proxy {via.shown} refused the tunnel to {origin.host_header}: "
+                f"{printable}")
+
+    def data_received(self, data: bytes) -> None:
+        if self._answer.done():
+            return
+        self._read += data
+        end = self._read.find(b"\r\n\r\n")
+        if end >= 0:
+            self._answer.set_result(bytes(self._read[:end]))
+        elif len(self._read) > _MAX_TUNNEL_ANSWER:
+            self._answer.set_exception(ConnectionError("an endless answer to CONNECT"))
+
+    def connection_lost(self, _exc: Exception | None) -> None:
+        if not self._answer.done():
+            self._answer.set_exception(ConnectionError("closed"))

@@ -19,7 +19,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.forwarding.upstream.errors import ProtocolError, ReadTimeout
-from proxy.forwarding.upstream.origin import Origin
+from proxy.forwarding.upstream.origin import Route
 from proxy.forwarding.upstream.response import Response
 
 HIGH_WATER: Final = 256 * 1024  # unread answer bytes before the socket is paused
@@ -46,11 +46,12 @@ class _Connection(asyncio.Protocol):
     """One upstream connection; one request at a time."""
 
     def __init__(
-        self, pool: ConnectionOwner, origin: Origin, loop: asyncio.AbstractEventLoop
+        self, pool: ConnectionOwner, route: Route, loop: asyncio.AbstractEventLoop
     ) -> None:
         self._pool = pool
         self._loop = loop
-        self.origin = origin
+        self.route = route  # the pool's key
+        self.origin = route.origin
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._message = _Message()

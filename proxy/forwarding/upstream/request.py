@@ -54,7 +54,8 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes], *, chunked: 
 
 
 def _request_head(
-    method: str, target: str, host: str, headers: MultiMapping[str], body: Body
+    method: str, target: str, host: str, headers: MultiMapping[str], body: Body, *,
+    extra: str = "",
 ) -> tuple[bytes, bool]:
     """The request line and header block; and whether the body's length is fixed in it.
 
@@ -67,6 +68,8 @@ def _request_head(
     if length is not None:
         fields = [(name, value) for name, value in fields if name.lower() != "content-length"]
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}", *map(": ".join, fields)]
+    if extra:  # a header line of the proxy's own (Proxy-Authorization): checked when made
+        lines.append(extra)
     fixed = True
     if isinstance(body, bytes):
         lines.append(f"Content-Length: {len(body)}")
