@@ -11,6 +11,7 @@ import pytest
 import trustme
 
 from proxy.config import parse
+from proxy.config.outbound import OUTBOUND_KEYS
 from proxy.core.egress import DIRECT
 from proxy.core.tls import OutboundTls
 from tests.config.helpers import C, config, conn, problems
@@ -112,3 +113,11 @@ def test_a_broken_environment_variable_is_named(tmp_path: Path) -> None:
     found = problems(config(), tmp_path,
                      {"https_proxy": "https://corp:8443"})
     assert any("$https_proxy: only http://" in problem for problem in found), found
+
+
+def test_the_example_shows_every_outbound_key() -> None:
+    text = (Path(__file__).resolve().parents[2] / "config.example.toml").read_text("utf-8")
+    block = text[text.index("# [upstream]\n"):text.index("[admin]")]
+    shown = {line.removeprefix("# ").split(" = ")[0] for line in block.splitlines()
+             if " = " in line}
+    assert shown == set(OUTBOUND_KEYS)
