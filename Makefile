@@ -94,7 +94,7 @@ system-deps:
 # `make bench`: nmbrs-proxy against nginx and mitmproxy on loopback (see BENCHMARKS.md). It takes
 # about 15 minutes and loads both cores: not part of `make test`. BENCH_ARGS passes options to
 # bench/run.py, e.g. `make bench BENCH_ARGS="--quick"` or `BENCH_ARGS="--only memory,expiry"`.
-BENCH_PROGRAMS := wrk:wrk nginx:nginx curl:curl openssl:openssl
+BENCH_PROGRAMS := wrk:wrk nginx:nginx curl:curl openssl:openssl tinyproxy:tinyproxy
 BENCH_VENV     := bench/.venv
 BENCH_LOCK     := bench/requirements.lock
 BENCH_STAMP    := $(BENCH_VENV)/.installed-$(shell cat $(BENCH_LOCK) | cksum | cut -d' ' -f1)

@@ -158,6 +158,7 @@ def table(results: Mapping[str, Any]) -> str:
             lines.append(f"  {name:<20} {rps:>8.0f} req/s  {per_request:>5.0f} us CPU/req  "
                          f"{ratio}")
         lines.append("")
+    lines += _feature_lines(results)
     prof = results.get("profile")
     if prof:
         lines.append(f"profile ({prof['samples']} samples at {prof['rps']:.0f} req/s): "
@@ -226,3 +227,28 @@ def _memory_lines(results: Mapping[str, Any]) -> list[str]:
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "bench/results/latest.json")
     sys.stdout.write(table(json.loads(path.read_text())) + "\n")
+
+
+def _feature_lines(results: Mapping[str, Any]) -> list[str]:
+    """Each feature against `off`, measured in the same rounds (bench/features.py)."""
+    runs = results.get("features", {}).get("runs", [])
+    if not runs:
+        return []
+    lines = ["features (c=64, one process; medians): each on, against off in the same rounds",
+             (f"  {'variant':<16} {'upstream':<8} {'req/s':>8} {'x off':>6} "
+              f"{'us CPU/req':>10} {'+us':>6} {'p99 ms':>7}")]
+    for upstream in dict.fromkeys(run["upstream"] for run in runs):
+        mine = [run for run in runs if run["upstream"] == upstream]
+        off = [run for run in mine if run["variant"] == "off"]
+        off_rps = _median(run["rps"] for run in off) or 0.0
+        off_cpu = _median(run["cpu_us_per_request"] for run in off) or 0.0
+        for variant in dict.fromkeys(run["variant"] for run in mine):
+            these = [run for run in mine if run["variant"] == variant]
+            rps = _median(run["rps"] for run in these) or 0.0
+            cpu = _median(run["cpu_us_per_request"] for run in these) or 0.0
+            p99 = _median(run["p99_us"] for run in these)
+            ratio = f"{rps / off_rps:.2f}" if off_rps else "-"
+            lines.append(f"  {variant:<16} {upstream:<8} {rps:>8.0f} {ratio:>6} {cpu:>10.0f} "
+                         f"{cpu - off_cpu:>+6.0f} {_ms(p99):>7}")
+    lines.append("")
+    return lines

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import aiohttp
+import features
 import report
 from load import Timed, burst, percentile, timed_load, wrk_run
 from servers import (
@@ -68,7 +69,8 @@ from servers import (
 )
 from servers import link as link_connection
 
-ALL_PARTS: Final = ("throughput", "memory", "startup", "connections", "refresh", "expiry")
+ALL_PARTS: Final = ("throughput", "memory", "startup", "connections", "refresh", "expiry",
+                     "features")
 EXTRA_PARTS: Final = ("layers", "profile")  # on request only: `--only ...,layers,profile`
 MB: Final = 1024 * 1024
 SAMPLE_SECONDS: Final = 0.05
@@ -144,7 +146,7 @@ class Bench:
     async def start_proxy(
         self, name: str, connections: Sequence[Conn], *, workers: int = 1,
         preload: str | None = None, expired: bool = False, root: Path = ROOT,
-        env: Mapping[str, str] | None = None,
+        env: Mapping[str, str] | None = None, extra: str = "",
     ) -> tuple[Proc, Path]:
         """A proxy with a generated config; `preload`: tokens minted by that identity service."""
         directory = self.workdir / name
@@ -156,7 +158,7 @@ class Bench:
                 "expired": expired,
             })
         config = proxy_conf(directory / "config.toml", port=self.port(name), store=store,
-                            connections=connections)
+                            connections=connections, extra=extra)
         proc = self.procs.start(name, proxy_argv(config, workers=workers),
                                 env={**self.proxy_env, **(env or {}), "PYTHONPATH": str(root)},
                                 cwd=root)
@@ -667,7 +669,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await start_everything(bench)
         parts = {"throughput": throughput, "memory": memory, "startup": startup,
                  "connections": many_connections, "refresh": refresh_under_load,
-                 "expiry": expiry, "layers": layers, "profile": profile}
+                 "expiry": expiry, "features": features.features, "layers": layers,
+                 "profile": profile}
         for name, part in parts.items():
             if name in args.only:
                 results[name] = await part(bench)

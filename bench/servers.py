@@ -356,8 +356,9 @@ class Conn:
 
 
 def proxy_conf(
-    path: Path, *, port: int, store: Path, connections: Sequence[Conn]
+    path: Path, *, port: int, store: Path, connections: Sequence[Conn], extra: str = "",
 ) -> Path:
+    """`extra`: TOML appended as it is (a feature's tables, for bench/features.py)."""
     redirect = f"http://{HOST}:{port}/_proxy/callback"
     lines = [
         "[server]", f'host = "{HOST}"', f"port = {port}",
@@ -380,7 +381,7 @@ def proxy_conf(
             ('rules = [{ methods = ["GET"], paths = ["/api/companies/*/employees*", "/api/**", '
              '"/big"] }, { methods = ["POST", "PUT"], paths = ["/upload"] }]'),
         ]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + extra)
     return path
 
 
