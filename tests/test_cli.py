@@ -81,6 +81,18 @@ def test_a_bad_config_lists_every_problem_and_exits_2(tmp_path: Path, command: s
     assert "client-secret-zz9" not in result.stderr + result.stdout
 
 
+def test_an_unusable_ca_bundle_or_proxy_is_named_by_its_key(tmp_path: Path) -> None:
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    bad = GOOD.replace('provider = "nmbrs"', 'provider = "nmbrs"\nca_file = "junk.pem"')
+    bad += '\n[upstream]\nproxy = "https://user:hunter2@corp.example:3128"\n'
+    (tmp_path / "config.toml").write_text(bad)
+    result = _run("check-config", "--config", str(tmp_path / "config.toml"), env=SECRETS)
+    assert result.returncode == 2
+    assert "connections.nmbrs.proxy: only http:// proxies" in result.stderr
+    assert "connections.nmbrs.ca_file: cannot use" in result.stderr
+    assert "hunter2" not in result.stderr + result.stdout
+
+
 def test_a_missing_config_file_is_named(tmp_path: Path) -> None:
     result = _run("serve", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2

@@ -67,29 +67,30 @@ def read_outbound(table: _Reader) -> Outbound:
 
 def resolve_outbound(written: Outbound, table: _Reader, context: _Context,
                      ) -> tuple[EgressPolicy, OutboundTls] | None:
-    """The policy and TLS settings a connection runs with; None (and a problem under `table`'s
-    key) when a value cannot be used."""
+    """The policy and TLS settings a connection runs with; None when a value cannot be used
+    (every problem recorded under `table`'s key)."""
+    before = table.problem_count()
+    policy = None
     try:
         policy = configured_policy(written.proxy, context.environ)
     except EgressConfigError as exc:
         table.problem(str(exc), "proxy" if written.proxy is not None else None)
-        return None
+    before_tls = table.problem_count()
     mode = written.ca_mode or ("both" if written.ca_file is not None else "system")
     if mode == "file" and written.ca_file is None:
         table.problem('ca_mode = "file" needs ca_file', "ca_mode")
-        return None
     if mode == "system" and written.ca_file is not None:
         table.problem('has no effect with ca_mode = "system" (use "both" or "file")', "ca_file")
-        return None
     if written.client_key is not None and written.client_cert is None:
         table.problem("needs client_cert", "client_key")
-        return None
     tls = OutboundTls(ca_mode=mode, ca_file=written.ca_file, client_cert=written.client_cert,
                       client_key=written.client_key)
-    try:
-        tls.context()  # loads every file now: a bad bundle is a configuration problem
-    except ValueError as exc:
-        name, _, why = str(exc).partition(": ")
-        table.problem(why, name)
+    if table.problem_count() == before_tls:
+        try:
+            tls.context()  # loads every file now: a bad bundle is a configuration problem
+        except ValueError as exc:
+            name, _, why = str(exc).partition(": ")
+            table.problem(why, name)
+    if policy is None or table.problem_count() > before:
         return None
     return policy, tls
