@@ -128,6 +128,8 @@ async def test_twenty_reloads_under_load_fail_no_request(
             assert served["connection"] == ("other" if added else "nmbrs")
     load.stop.set()
     await running
+    sys.stderr.write(f"\n{RELOADS} reloads under load: {len(load.statuses)} requests, "
+                     f"{len(load.failures)} failed\n")  # the figure, for pytest -s
     assert _reloads(proxy) == ["applied"] * RELOADS
     assert load.failures == []
     assert len(load.statuses) >= 100  # it really was under load
