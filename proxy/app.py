@@ -4,7 +4,8 @@ Order matters and is spelled out here: middlewares (observe outermost, so it see
 status of everything; audit; problems; then the door: guard and access policy), the proxy's own
 routes under /_proxy/ and the callback path, then the catch-all forwarder. Long-lived resources
 (the one upstream ClientSession, the token refreshers, the audit log's writer) are created and
-torn down in cleanup_ctx; the metrics registry belongs to the app.
+torn down in cleanup_ctx; the metrics registry belongs to the app. Traces are exported (when the
+OTEL_* variables ask: proxy.telemetry.tracing) from its start to its end.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from proxy.ops.consent import setup_consent
 from proxy.ops.console import setup_console
 from proxy.ops.endpoints import healthz, metrics, readyz
 from proxy.ops.reload import SettingsSource, door_for, setup_reload
+from proxy.telemetry import tracing
 from proxy.telemetry.audit import audit_middleware, setup_audit
 from proxy.telemetry.metrics import Metrics
 from proxy.tokens.backends import open_store
@@ -69,6 +71,15 @@ async def _not_found(_request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound
 
 
+async def _tracing(_app: web.Application) -> AsyncIterator[None]:
+    """Spans exported while the app runs, if the OTEL_* variables ask for them (and the spans
+    still queued sent at its end)."""
+    exporting = tracing.setup()
+    yield
+    if exporting:
+        await asyncio.to_thread(tracing.shutdown)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -94,6 +105,7 @@ def create_app(
         on_refused=lambda client, limit: registry.client_quota_refused.labels(client, limit).inc())
     quotas.configure(settings.clients)
     app[DATA_PLANE] = data_plane  # forwarded requests skip the router (proxy.server.ProxyRunner)
+    app.cleanup_ctx.append(_tracing)
     setup_audit(app, settings.audit)
     owns_store = store is None
     app[STORE] = store if store is not None else open_store(settings.store)

@@ -4,11 +4,12 @@ aiohttp's low-level server hands every request to `DataPlane.__call__`. A reques
 proxy itself (`/_proxy/…`, an OAuth callback path), one whose path is percent-encoded (whose
 area only the router's decoding may decide) and one that sends `Expect` goes to the
 application (`web.Application`: routing, the middleware chain, the pages), unchanged. Every
-other request is forwarded here, doing in order what those middlewares do for it — request id,
-in-flight count, audit line, problem+json for errors, the guard, the access policy, then the
-forwarder, the metrics and the access line — without the router's resolution, the middleware
-wrappers or the response-prepare signal. What they decide is the same: the same functions
-decide it (guard, policy, forwarder), and the suite runs every forwarding test through here.
+other request is forwarded here, doing in order what those middlewares do for it — request id
+and trace, in-flight count, audit line, problem+json for errors, the guard, the access policy,
+then the forwarder, the metrics, the trace's span and the access line — without the router's
+resolution, the middleware wrappers or the response-prepare signal. What they decide is the
+same: the same functions decide it (guard, policy, forwarder), and the suite runs every
+forwarding test through here.
 """
 
 from __future__ import annotations
@@ -31,19 +32,15 @@ from proxy.forwarding.observe import (
     METRICS,
     TRAFFIC,
     Observation,
+    begin_trace,
     count_request,
+    finish_trace,
     log_access,
 )
 from proxy.forwarding.state import PROXY_STATE
 from proxy.inbound import guard
-from proxy.inbound.access import DOOR, QUOTAS, AccessNote, Door
-from proxy.inbound.policy import (
-    PROXY_PATH,
-    check_forward,
-    identify_caller,
-    presented_key,
-    source_address,
-)
+from proxy.inbound.access import DOOR, QUOTAS, AccessNote, Door, caller
+from proxy.inbound.policy import PROXY_PATH, check_forward, source_address
 from proxy.telemetry.audit import AUDITING, PROBLEM, audited
 from proxy.telemetry.audit import request_id as pick_request_id
 from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
@@ -114,7 +111,8 @@ class DataPlane:
                        ) -> web.StreamResponse:
         started = time.perf_counter()
         request_id = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
-        observation = Observation(request_id, started)
+        trace = begin_trace(request, request_id)
+        observation = Observation(request_id, started, trace)
         CURRENT_REQUEST_ID.set(request_id)  # a task per request: no reset needed
         traffic = self._traffic
         traffic.in_flight += 1
@@ -151,9 +149,11 @@ class DataPlane:
             traffic.in_flight -= 1
             traffic.last_change = ended
             count_request(self._metrics, request.method, status, observation)
+            finish_trace(observation, status, note.client)
             if audit is not None:
                 auditing.write(audited(
-                    request, at=audit_at, request_id=request_id, note=note, status=status,
+                    request, at=audit_at, request_id=request_id, trace_id=trace.trace_id,
+                    note=note, status=status,
                     include_query=include_query, duration=ended - started,
                     bytes_out=0 if response is None else response.body_length,
                     problem=None if response is None else response.get(PROBLEM),
@@ -168,7 +168,7 @@ class DataPlane:
         guard.check_request(request.method, request.raw_path,
                             (request.version.major, request.version.minor),
                             request.headers.items())
-        client = identify_caller(door.policy, presented_key(request.headers))
+        client = caller(door.policy, request)  # its key, or its TLS client certificate
         connection, upstream_path = door.route(path)
         note.client = client.name if client is not None else None
         note.connection = connection

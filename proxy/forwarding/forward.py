@@ -147,6 +147,42 @@ async def _send(
     target: str,
     body: Body,
 ) -> upstream.Response:
+    """One attempt upstream (exchange.py makes them); a span of its own when exporting."""
+    trace = observation.trace
+    server = trace.server
+    if server is None:
+        return await _send_once(request, credentials, state=state, observation=observation,
+                                connection=connection, target=target, body=body,
+                                traceparent=trace.traceparent)
+    origin = connection.origin
+    attempt = server.attempt(
+        method=request.method, scheme=origin.scheme, host=origin.host, port=origin.port,
+        origin=f"{origin.scheme}://{origin.host_header}", path=split_target(target)[0],
+        connection=connection.name, resend_count=trace.attempts,
+    )
+    trace.attempts += 1
+    try:
+        response = await _send_once(request, credentials, state=state, observation=observation,
+                                    connection=connection, target=target, body=body,
+                                    traceparent=attempt.traceparent)
+    except BaseException as exc:
+        attempt.end(status=None, error=type(exc).__name__)
+        raise
+    attempt.end(status=response.status)
+    return response
+
+
+async def _send_once(
+    request: web.BaseRequest,
+    credentials: Mapping[str, str],
+    *,
+    state: ProxyState,
+    observation: Observation,
+    connection: Connection,
+    target: str,
+    body: Body,
+    traceparent: str,
+) -> upstream.Response:
     headers = upstream_request_headers(
         request.headers,
         client_address=request.remote,
@@ -155,6 +191,8 @@ async def _send(
         credentials=credentials,
         defaults=connection.default_headers,
         request_id=observation.request_id,
+        traceparent=traceparent,
+        keep_tracestate=observation.trace.keep_tracestate,
     )
     sent = time.perf_counter()
     try:

@@ -13,6 +13,7 @@ from typing import Final
 from multidict import CIMultiDict, MultiMapping
 
 from proxy.core.http import HOP_BY_HOP
+from proxy.core.traceparent import TRACEPARENT, TRACESTATE
 
 VIA: Final = "1.1 nmbrs-proxy"
 REQUEST_ID: Final = "X-Request-Id"
@@ -56,6 +57,10 @@ def connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
 
 # Precomputed: the names every request and every answer drops, before any `Connection` tokens.
 _DROP_UPSTREAM: Final = HOP_BY_HOP | _NOT_FORWARDED_UPSTREAM
+# With a trace context of the proxy's: the client's `traceparent` is replaced, and its
+# `tracestate` goes too when the client's trace was not continued (W3C Trace Context §3.3).
+_DROP_TRACED: Final = _DROP_UPSTREAM | {TRACEPARENT}
+_DROP_RESTARTED: Final = _DROP_TRACED | {TRACESTATE}
 
 
 def upstream_request_headers(
@@ -67,16 +72,22 @@ def upstream_request_headers(
     credentials: Mapping[str, str],
     defaults: Mapping[str, str] = {},
     request_id: str | None = None,
+    traceparent: str | None = None,
+    keep_tracestate: bool = True,
 ) -> CIMultiDict[str]:
     """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials.
 
     `request_id` replaces whatever `X-Request-Id` the client sent (the proxy keeps a sane one
-    and makes up a new one otherwise), so both logs name the same request.
+    and makes up a new one otherwise), so both logs name the same request. Likewise
+    `traceparent` (proxy.telemetry.tracing decides it) replaces the client's; the client's
+    `tracestate` goes on with it only when `keep_tracestate` (its trace was continued).
 
     One pass over the client's fields (this runs for every request): what is dropped, what is
     rebuilt (X-Forwarded-For, Via) and what is cleaned (Cookie) is decided per field.
     """
     drop = _DROP_UPSTREAM
+    if traceparent is not None:
+        drop = _DROP_TRACED if keep_tracestate else _DROP_RESTARTED
     if "Connection" in inbound:
         drop = drop | connection_tokens(inbound)
     out, forwarded_for, via = _client_fields(
@@ -95,6 +106,8 @@ def upstream_request_headers(
         out.setdefault(name, value)
     if request_id is not None:
         out[REQUEST_ID] = request_id
+    if traceparent is not None:
+        add(TRACEPARENT, traceparent)
     out.update(credentials)
     return out
 

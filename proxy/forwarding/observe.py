@@ -8,7 +8,9 @@ request's `Observation` (which connection, time spent upstream, when the respons
 out), from which the proxy-added latency follows.
 
 The request id goes upstream (see `forward`) and back to the client on every response, set in
-`on_response_prepare` so that streamed responses carry it too.
+`on_response_prepare` so that streamed responses carry it too. The trace (`begin_trace`, see
+proxy.telemetry.tracing) is picked beside it: its id is on the access and audit lines, its
+`traceparent` goes upstream, and a forwarded request is a span when traces are exported.
 
 The endpoints that report on it (health, readiness, metrics) are in proxy/ops/endpoints.py.
 """
@@ -28,10 +30,15 @@ from aiohttp.typedefs import Middleware
 from proxy.core.http import split_target
 from proxy.forwarding.connection import Connection
 from proxy.forwarding.headers import REQUEST_ID as REQUEST_ID_HEADER
+from proxy.inbound.access import ACCESS_NOTE, DOOR
+from proxy.inbound.policy import Area, area_of
+from proxy.telemetry import tracing
 from proxy.telemetry.audit import REQUEST_ID as REQUEST_ID_KEY
+from proxy.telemetry.audit import TRACE_ID as TRACE_ID_KEY
 from proxy.telemetry.audit import request_id as pick_request_id
 from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID, AccessRecord
 from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.tracing import Trace
 
 CLIENT_CLOSED_REQUEST: Final = 499  # nginx's code for "the client went away first"
 # Probes and scrapes come every few seconds: their access lines are debug, not info.
@@ -44,12 +51,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Observation:
     """One request's observations, filled in as it goes."""
 
-    __slots__ = ("body_bytes", "connection", "headers_sent", "request_id", "started",
+    __slots__ = ("body_bytes", "connection", "headers_sent", "request_id", "started", "trace",
                  "upstream_seconds")
 
-    def __init__(self, request_id: str, started: float) -> None:
+    def __init__(self, request_id: str, started: float, trace: Trace) -> None:
         self.request_id = request_id
         self.started = started
+        self.trace = trace  # its trace id, what goes upstream, its span when exporting
         self.connection: Connection | None = None
         self.upstream_seconds = 0.0
         self.headers_sent: float | None = None
@@ -88,7 +96,13 @@ def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
         # One id for the request: the audit line, the access line, upstream and the answer.
         request_id = pick_request_id(request.headers.get(REQUEST_ID_HEADER))
         request[REQUEST_ID_KEY] = request_id
-        observation = Observation(request_id, started)
+        # A span for what the router sends to the forwarder; the pages get a trace id only.
+        if tracing.exporting() and _forwarded(request):
+            trace = begin_trace(request, request_id)
+        else:
+            trace = tracing.context_of(request.headers)
+        request[TRACE_ID_KEY] = trace.trace_id
+        observation = Observation(request_id, started, trace)
         request[OBSERVATION] = observation
         CURRENT_REQUEST_ID.set(request_id)  # a task per request: no reset needed
         traffic.in_flight += 1
@@ -109,12 +123,43 @@ def observe_middleware(metrics: Metrics, traffic: Traffic) -> Middleware:
             traffic.in_flight -= 1
             traffic.last_change = ended
             count_request(metrics, request.method, status, observation)
+            if trace.server is not None:
+                note = request.get(ACCESS_NOTE)
+                finish_trace(observation, status, None if note is None else note.client)
             level = logging.DEBUG if request.path in QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
                 log_access(level, request, observation, status=status, seconds=ended - started,
                             response=response)
 
     return observe
+
+
+def _forwarded(request: web.Request) -> bool:
+    """Whether the router sends `request` to the forwarder (the access middleware's rule)."""
+    doorway = request.app.get(DOOR)
+    if doorway is None:
+        return False
+    return area_of(request.rel_url.path_safe, doorway.door.callback_paths) is Area.FORWARD
+
+
+def begin_trace(request: web.BaseRequest, request_id: str) -> Trace:
+    """A forwarded request's trace, a span when exporting (see proxy.telemetry.tracing)."""
+    if not tracing.exporting():
+        return tracing.context_of(request.headers)
+    return tracing.begin(
+        request.headers, method=request.method, path=split_target(request.raw_path)[0],
+        scheme=request.scheme, client_address=request.remote, request_id=request_id,
+    )
+
+
+def finish_trace(observation: Observation, status: int, client: str | None) -> None:
+    """The request's span (if it has one) ends, with what is known of it now."""
+    trace = observation.trace
+    if trace.server is None:
+        return
+    connection = observation.connection
+    tracing.finish(trace, status=status, client=client,
+                   connection=None if connection is None else connection.name)
 
 
 def count_request(metrics: Metrics, method: str, status: int, observation: Observation) -> None:
@@ -147,6 +192,7 @@ def log_access(
         sent = response.content_length  # a whole response, written after this middleware
     record = AccessRecord(ACCESS_LOGGER, level, "%s %s %d", (request.method, path, status), {
         "request_id": observation.request_id,
+        "trace_id": observation.trace.trace_id,
         "remote": request.remote,
         "method": request.method,
         "path": path,

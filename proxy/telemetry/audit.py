@@ -1,6 +1,7 @@
 """The audit log: one JSON line per request, written by a thread so the event loop never waits.
 
-A line holds: time (UTC, RFC 3339), request_id, client (its name; null when anonymous or not
+A line holds: time (UTC, RFC 3339), request_id, trace_id (W3C Trace Context: the caller's, or
+the one the proxy started; proxy.telemetry.tracing), client (its name; null when anonymous or not
 identified), source (the peer address), connection, method, path, status, bytes_in (request
 body bytes read), bytes_out (bytes written to the client, headers included), duration_ms, and,
 for a refusal, `problem` (the problem type's last part, e.g. "forbidden"). No bodies, no
@@ -61,6 +62,8 @@ _ID_COUNT: Final = itertools.count(1)
 
 
 REQUEST_ID = web.RequestKey("request_id", str)
+# The request's trace id (proxy.telemetry.tracing), picked with the request id.
+TRACE_ID = web.RequestKey("trace_id", str)
 # Set on a problem+json response: the last part of its type ("forbidden", "bad-request", ...).
 PROBLEM = web.ResponseKey("problem", str)
 
@@ -98,12 +101,14 @@ def audit_line(
     bytes_out: int,
     duration: float,
     problem: str | None,
+    trace_id: str | None = None,
 ) -> str:
     """One audit record as a JSON line (pure: everything comes in as an argument)."""
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at % 1 * 1000):03d}Z"
-    record: dict[str, Any] = {
-        "time": stamp,
-        "request_id": request_id,
+    record: dict[str, Any] = {"time": stamp, "request_id": request_id}
+    if trace_id is not None:
+        record["trace_id"] = trace_id
+    record.update({
         "client": client,
         "source": source,
         "connection": connection,
@@ -113,7 +118,7 @@ def audit_line(
         "bytes_in": bytes_in,
         "bytes_out": bytes_out,
         "duration_ms": round(duration * 1000, 3),
-    }
+    })
     if problem is not None:
         record["problem"] = problem
     return json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
@@ -124,6 +129,7 @@ def audited(
     *,
     at: float,
     request_id: str,
+    trace_id: str | None,
     note: AccessNote,
     status: int,
     include_query: bool,
@@ -135,6 +141,7 @@ def audited(
     return audit_line(
         at=at,
         request_id=request_id,
+        trace_id=trace_id,
         client=note.client,
         source=request.remote,
         connection=note.connection,
@@ -296,7 +303,8 @@ def audit_middleware() -> Middleware:
             raise
         finally:
             auditing.write(audited(
-                request, at=at, request_id=request[REQUEST_ID], note=request[ACCESS_NOTE],
+                request, at=at, request_id=request[REQUEST_ID], trace_id=request.get(TRACE_ID),
+                note=request[ACCESS_NOTE],
                 status=status, include_query=include_query, duration=loop.time() - started,
                 bytes_out=bytes_out, problem=problem,
             ))

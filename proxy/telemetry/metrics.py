@@ -15,6 +15,7 @@ tests, from sharing or colliding over series. Names follow the Prometheus conven
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Final
 
@@ -29,6 +30,7 @@ from prometheus_client import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from proxy.telemetry.tracing import refresh_span
 from proxy.tokens.health import Assessment, Concern, LinkState
 from proxy.tokens.status import TokenStatus
 
@@ -104,7 +106,8 @@ class ConnectionMetrics(RequestCounter):
 
 
 class Metrics:
-    """Every series of one app. It is also the token managers' `TokenEvents` listener."""
+    """Every series of one app. It is also the token managers' `TokenEvents` listener (and
+    hands their refreshes to tracing)."""
 
     def __init__(self, *, process: bool = True) -> None:
         self.registry = CollectorRegistry()
@@ -196,6 +199,10 @@ class Metrics:
         return encode(self.registry), content_type
 
     # -- TokenEvents ---------------------------------------------------------------------
+
+    def refreshing(self, connection: str) -> AbstractContextManager[None]:
+        """A renewal is a span when traces are exported (proxy.telemetry.tracing), else nothing."""
+        return refresh_span(connection)
 
     def refreshed(self, connection: str) -> None:
         self.refreshes.labels(connection, "success").inc()

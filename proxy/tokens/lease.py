@@ -180,7 +180,8 @@ class LeasedRefresh(TokenHolder):
 
     async def _renew(self, base: TokenSet | None) -> TokenSet:
         try:
-            renewed = await self.grant.renew(base)
+            with self._events.refreshing(self.connection):
+                renewed = await self.grant.renew(base)
         except GrantError as exc:
             return await self._refused(exc, base)
         renewed = renewed.with_version((0 if base is None else base.version) + 1)

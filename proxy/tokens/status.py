@@ -6,6 +6,8 @@ depend on a few dataclasses and a protocol, not on the refresh machinery.
 
 from __future__ import annotations
 
+import contextlib
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -21,6 +23,11 @@ LEASE_BUSY: Final = "lease_busy"
 class TokenEvents(Protocol):
     """What a manager reports as it happens. Metrics listen; the token code knows no metrics."""
 
+    def refreshing(self, connection: str) -> AbstractContextManager[None]:
+        """Entered around one renewal at the identity service (a span, when traces are
+        exported); it sees the GrantError a failed one raises."""
+        ...
+
     def refreshed(self, connection: str) -> None: ...
 
     def refresh_failed(self, connection: str, *, error: str, fatal: bool) -> None: ...
@@ -30,6 +37,9 @@ class TokenEvents(Protocol):
 
 class NoEvents:
     """Nobody listens."""
+
+    def refreshing(self, connection: str) -> AbstractContextManager[None]:  # noqa: ARG002
+        return contextlib.nullcontext()
 
     def refreshed(self, connection: str) -> None:
         pass

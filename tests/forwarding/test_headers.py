@@ -62,6 +62,33 @@ def test_upstream_request_headers(inbound: list[tuple[str, str]], name: str,
     assert _upstream(inbound).getall(name, []) == expected
 
 
+OURS = "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01"
+THEIRS = [("TraceParent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+          ("tracestate", "rojo=1"), ("TRACESTATE", "congo=2")]
+
+
+@pytest.mark.parametrize(
+    ("inbound", "options", "traceparent", "tracestate"),
+    [
+        pytest.param(THEIRS, {}, [THEIRS[0][1]], ["rojo=1", "congo=2"], id="not-told"),
+        pytest.param(THEIRS, {"traceparent": OURS}, [OURS], ["rojo=1", "congo=2"],
+                     id="replaced-state-kept"),
+        pytest.param(THEIRS, {"traceparent": OURS, "keep_tracestate": False}, [OURS], [],
+                     id="restarted-state-dropped"),
+        pytest.param([], {"traceparent": OURS}, [OURS], [], id="added"),
+        pytest.param([("Connection", "traceparent"), *THEIRS], {"traceparent": OURS}, [OURS],
+                     ["rojo=1", "congo=2"], id="named-in-connection-still-ours"),
+    ],
+)
+def test_the_trace_context_sent_upstream(
+    inbound: list[tuple[str, str]], options: dict[str, object], traceparent: list[str],
+    tracestate: list[str],
+) -> None:
+    out = _upstream(inbound, **options)
+    assert out.getall("traceparent", []) == traceparent
+    assert out.getall("tracestate", []) == tracestate
+
+
 def test_defaults_fill_gaps_only() -> None:
     assert _upstream([], defaults={"Accept": "application/json"})["Accept"] == "application/json"
     assert _upstream([("Accept", "text/csv")], defaults={"Accept": "application/json"}

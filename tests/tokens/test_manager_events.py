@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,9 @@ class Heard:
     """A TokenEvents listener that writes down what it hears."""
 
     events: list[tuple[str, ...]] = field(default_factory=list)
+
+    def refreshing(self, connection: str) -> AbstractContextManager[None]:  # noqa: ARG002
+        return nullcontext()
 
     def refreshed(self, connection: str) -> None:
         self.events.append(("refreshed", connection))
