@@ -125,6 +125,10 @@ class LeasedRefresh(TokenHolder):
             await self._reload()
             if self._moved_on(start):
                 return self._current()
+            if self.grant.interactive and self._tokens is None:
+                # Unlinked elsewhere (revoked): no replica can renew it, so none will save a
+                # set worth waiting for.
+                raise self._consent_error()
             remaining = deadline - loop.time()
             if remaining <= 0:
                 self._failed(GrantError(LEASE_BUSY, "another replica holds the refresh lease "

@@ -15,13 +15,14 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from cryptography.fernet import Fernet
+from yarl import URL
 
 from tests.conftest import CLIENT_ID, CLIENT_SECRET, DEMO_KEY, SCOPES
 
@@ -101,13 +102,18 @@ class ProxyProcess:
             )
         self.logs.append((path, self.process.pid))
 
-    async def wait_ready(self, session: aiohttp.ClientSession, timeout: float = 30.0) -> None:
+    async def wait_ready(
+        self, session: aiohttp.ClientSession, timeout: float = 30.0,
+        path: str = "/_proxy/readyz",
+    ) -> None:
+        """Until `path` answers 200: readiness, or /_proxy/healthz for a proxy whose
+        connections are not linked yet (not ready, yet serving)."""
         deadline = time.monotonic() + timeout
         while True:
             assert self.process is not None
             assert self.process.returncode is None, f"the proxy exited:\n{self.tail()}"
             with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"{self.url}/_proxy/readyz") as response:
+                async with session.get(f"{self.url}{path}") as response:
                     if response.status == 200:
                         return
             assert time.monotonic() < deadline, f"the proxy never got ready:\n{self.tail()}"
@@ -234,3 +240,126 @@ def workers_of(sources: Sources) -> dict[int, int]:
         if message.startswith("started worker ") and isinstance(worker, int):
             found[int(message.split()[2])] = worker
     return found
+
+
+# --- linking and unlinking, as a person or a script does it ---------------------------------
+
+FORWARDED_PATH = "/api/companies?pageNumber=1&pageSize=5"
+# What a replica answers a forwarded request with while its connection holds no token set.
+NOT_LINKED_PROBLEM = "urn:nmbrs-proxy:problem:consent-required"
+NOT_LINKED_DETAIL = "not linked yet"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A forwarded request's outcome: the status (or the error's name) and any problem type."""
+
+    status: int | str
+    problem: str = ""
+    detail: str = ""
+
+    @property
+    def not_linked(self) -> bool:
+        return (self.status == 503 and self.problem == NOT_LINKED_PROBLEM
+                and NOT_LINKED_DETAIL in self.detail)
+
+    def __str__(self) -> str:
+        return f"{self.status} {self.problem.rsplit(':', 1)[-1]}".strip()
+
+
+async def forwarded(
+    session: aiohttp.ClientSession, url: str, path: str = FORWARDED_PATH
+) -> Answer:
+    try:
+        async with session.get(url + path) as response:
+            body = await response.read()
+            if response.status == 200:
+                return Answer(200)
+            try:
+                problem = json.loads(body)
+            except ValueError:
+                problem = None
+            if not isinstance(problem, dict):
+                return Answer(response.status, detail=body[:200].decode(errors="replace"))
+            return Answer(response.status, str(problem.get("type", "")),
+                          str(problem.get("detail", "")))
+    except (aiohttp.ClientError, TimeoutError) as error:
+        return Answer(type(error).__name__)
+
+
+@dataclass
+class Wait:
+    """How long a replica took to give the awaited answer, and what it said meanwhile."""
+
+    url: str
+    seconds: float | None = None  # None: never, within the bounds
+    answers: Counter[str] = field(default_factory=Counter)
+
+
+async def first_answer(
+    session: aiohttp.ClientSession, url: str, awaited: Callable[[Answer], bool], *,
+    since: float, timeout: float = 5.0, every: float = 0.005, max_polls: int = 1000,
+) -> Wait:
+    """Forwarded GETs to `url` until one answers as awaited (bounded in count and in time);
+    `seconds` from `since` (time.monotonic()) to the arrival of that answer."""
+    wait = Wait(url)
+    for _ in range(max_polls):
+        answer = await forwarded(session, url)
+        arrived = time.monotonic()
+        wait.answers[str(answer)] += 1
+        if awaited(answer):
+            wait.seconds = arrived - since
+            return wait
+        if arrived - since > timeout:
+            return wait
+        await asyncio.sleep(every)
+    return wait
+
+
+def cli_environment() -> dict[str, str]:
+    """The environment `serve` and the other commands read the configured secrets from."""
+    return {**os.environ, "TEST_STORE_KEY": STORE_KEY, "TEST_CLIENT_SECRET": CLIENT_SECRET}
+
+
+async def run_cli(*args: str, timeout: float = 30.0) -> tuple[int, str]:
+    """`python -m proxy ARGS` as an operator runs it: the exit code and what it printed."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", *args, cwd=ROOT, env=cli_environment(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, output.decode(errors="replace")
+
+
+async def log_in(proxy_url: str, connection: str = "nmbrs") -> float:
+    """A person links `connection` in a browser, on the proxy at `proxy_url`: the login there,
+    the identity service's consent (the sandbox approves at once), and the callback brought
+    back to that proxy (the registered redirect URI names another port: the same path and query
+    are sent to `proxy_url`, with the browser's cookies). time.monotonic() when the callback
+    answered; by then the linked set is in the store."""
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
+    async with aiohttp.ClientSession(
+        cookie_jar=jar, timeout=aiohttp.ClientTimeout(total=30)
+    ) as browser:
+        async with browser.get(f"{proxy_url}/_proxy/login",
+                               params={"connection": connection},
+                               allow_redirects=False) as response:
+            assert response.status in {302, 303}, (response.status, await response.text())
+            authorize = response.headers["Location"]
+        async with browser.get(authorize, allow_redirects=False) as response:
+            assert response.status in {302, 303}, (response.status, await response.text())
+            redirected = URL(response.headers["Location"])
+        assert "code" in redirected.query, redirected.query  # consent granted
+        base = URL(proxy_url)
+        callback = redirected.with_host(base.host or "127.0.0.1").with_port(base.port)
+        async with browser.get(callback, allow_redirects=False) as response:
+            page = await response.text()
+            answered = time.monotonic()
+            assert response.status == 200, (response.status, page[:2000])
+    return answered
