@@ -219,12 +219,17 @@ class Connection:
             has_subscription_key=has_key,
             interactive=self.consent is not None,
         )
-        return ConnectionReport(self.name, status, assessment, now)
+        return ConnectionReport(self.name, status, assessment, now,
+                                learned_rate=self.shaper.learned_rate())
 
-    def quota_stats(self) -> dict[str, int]:
-        """Counters of shaping, retries, key rotation and caching (no secrets)."""
-        stats = {**dataclasses.asdict(self.counters), **dataclasses.asdict(self.shaper.counters)}
+    def quota_stats(self) -> dict[str, Any]:
+        """Counters of shaping, retries, key rotation and caching (no secrets), all int, and
+        `learned_rate`: requests/s learned from the upstream's 429s (None: nothing learned)."""
+        stats: dict[str, Any] = {
+            **dataclasses.asdict(self.counters), **dataclasses.asdict(self.shaper.counters),
+        }
         stats["waiting"] = self.shaper.waiting
+        stats["learned_rate"] = self.shaper.learned_rate()
         stats["key_rotations"] = 0 if self.keys is None else self.keys.rotations
         if self.cache is not None:
             cached = dataclasses.asdict(self.cache.counters)
@@ -250,7 +255,8 @@ def build_connection(
     keep: Connection | None = None,
 ) -> Connection:
     """The connection `settings` describe; with `keep` (a reload changed it, its identity is the
-    same: proxy.config.changes.same_identity), around the grant and token manager of `keep`."""
+    same: proxy.config.changes.same_identity), around the grant and token manager of `keep`, and
+    going on from the rate its shaper learned (and its pause) when the upstream is the same."""
     timeout = aiohttp.ClientTimeout(
         total=None,
         sock_connect=settings.connect_timeout_seconds,
@@ -281,6 +287,8 @@ def build_connection(
         max_queue=settings.max_queue,
         max_wait_seconds=settings.max_wait_seconds,
     )
+    if keep is not None and keep.settings.upstream == settings.upstream:
+        shaper.take_over(keep.shaper)  # the quota is the upstream's, not the settings'
     keys = settings.subscription_keys
     return Connection(
         settings=settings,

@@ -6,6 +6,7 @@
       401 with a bearer challenge  → one shared forced refresh, replay once (token refused)
       401 about the key            → next subscription key, replay once (credentials)
       429 / 503 with Retry-After   → the whole connection pauses (shaping)
+      every status                 → the shaper, which learns a rate from the 429s
       429, 502, 503, 504, or no connection at all → retry per retry.py, else the answer
 
 A replay or a retry needs the body again, so only a request whose body was kept (none, or small)
@@ -213,6 +214,7 @@ async def exchange(
             raise
         answer = Answer(response, permit)
         try:
+            connection.shaper.answered(response.status)  # what the learned rate learns from
             delay = await attempts.after_answer(answer, token, key)
         except BaseException:
             answer.release()

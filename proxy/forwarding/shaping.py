@@ -15,6 +15,12 @@ arrival time moves one interval on per request, so the wait of the n-th request 
 known when it arrives, and one that would wait too long is refused before it waits at all. The
 token itself is taken by the head of the line at the moment it goes, never reserved ahead: when
 the event loop stalls, late requests still leave one interval apart instead of all at once.
+
+A connection also learns a rate from the upstream's 429s (`LearnedRate`, proxy.core.rate): the
+exchange tells `answered()` every upstream status, and after a 429 the bucket paces at the
+learned rate (burst 1, never above `rate_per_second`), so the requests a pause held back leave
+one by one when it ends instead of all at once. Once the lesson is forgotten, the configured
+bucket (or none) applies again. A connection that never saw a 429 keeps its fast path.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from proxy.core.errors import TooManyRequests
-from proxy.core.rate import TokenBucket
+from proxy.core.rate import LearnedRate, TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +81,12 @@ class Shaper:
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self.connection = connection
+        self._rate = rate_per_second
+        self._burst = burst
+        # The bucket in force: the configured one, or one at the learned rate (`_follow`).
         self._bucket = None if rate_per_second is None else TokenBucket(rate_per_second, burst)
+        self._learning = LearnedRate(cap=rate_per_second)
+        self._pacing = False  # the bucket follows a learned rate
         self._slots = None if max_concurrent is None else asyncio.Semaphore(max_concurrent)
         self._max_queue = max_queue
         self._max_wait = max_wait_seconds
@@ -89,6 +100,56 @@ class Shaper:
 
     def __repr__(self) -> str:
         return f"Shaper({self.connection!r}, waiting={self.waiting})"
+
+    def learned_rate(self) -> float | None:
+        """Requests per second learned from the upstream's 429s; None when nothing is learned."""
+        self._follow(self._clock())
+        return self._learning.rate
+
+    def answered(self, status: int) -> None:
+        """The upstream answered a request with `status`: what the learned rate learns from.
+
+        A 429 lowers it (or teaches a first one); any other answer under 500 got through and
+        counts (5xx say nothing about the quota).
+        """
+        if status == 429:
+            now = self._clock()
+            if self._learning.throttled(now):
+                log.info("connection %s: learned to send at most %.1f requests/s",
+                         self.connection, self._learning.rate)
+            self._follow(now)
+        elif status < 500:
+            now = self._clock()
+            self._learning.passed(now)
+            if self._pacing:
+                self._follow(now)
+
+    def take_over(self, before: Shaper) -> None:
+        """Go on from what `before` (the shaper this one replaces on reload) learned and paused.
+
+        The quota is the upstream's, whatever the shaping settings say; a changed
+        `rate_per_second` caps what was learned from now on.
+        """
+        self._learning = before._learning.under(self._rate)
+        self._paused_until = max(self._paused_until, before._paused_until)
+        self._follow(self._clock())
+
+    def _follow(self, now: float) -> None:
+        """Make the bucket in force follow the learned rate, or go back to the configured one."""
+        rate = self._learning.at(now)
+        if rate is not None:
+            if self._bucket is None:
+                self._bucket = TokenBucket(rate, 1)
+            else:
+                self._bucket.rate, self._bucket.burst = rate, 1
+            self._pacing = True
+        elif self._pacing:
+            self._pacing = False
+            if self._rate is None:
+                self._bucket = None
+            elif self._bucket is not None:
+                self._bucket.rate, self._bucket.burst = self._rate, self._burst
+            log.info("connection %s: forgot its learned rate", self.connection)
 
     def paused_for(self) -> float:
         """Seconds left in the current pause (0 when not paused)."""
@@ -110,7 +171,10 @@ class Shaper:
         if (self._slots is None and self._bucket is None and not self._in_line
                 and self.waiting < self._max_queue and self._clock() >= self._paused_until):
             return _FREE  # nothing to wait for and nothing to hold (most connections)
-        deadline = self._clock() + self._max_wait
+        now = self._clock()
+        if self._pacing:
+            self._follow(now)
+        deadline = now + self._max_wait
         if self.waiting >= self._max_queue:
             raise self._refuse(f"{self.waiting} requests are waiting already",
                                self._expected_wait(self._clock()))

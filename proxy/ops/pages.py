@@ -232,6 +232,8 @@ def _facts(card: ConnectionCard, now: float, csrf_token: str) -> list[str]:
         rows.append(("Scopes", _scopes(card.scopes_asked, granted)))
     if card.key_source is not None:
         rows.append(("Subscription key", _key_fact(card, card.key_source, csrf_token)))
+    if card.report.learned_rate is not None:  # the upstream's 429s taught it a rate
+        rows.append(("Upstream rate", esc(f"learned: {card.report.learned_rate:.1f}/s")))
     return [f"<dt>{esc(name)}</dt><dd>{value}</dd>" for name, value in rows]
 
 

@@ -4,8 +4,9 @@ Two kinds of series:
 - events, counted as they happen: requests, upstream and proxy-added latency, 429s, token
   refreshes, store errors. On the request path every instrument is bound to its label values
   once (`ConnectionMetrics`), so a request costs a dict lookup and a few increments.
-- state, read when Prometheus scrapes: token expiry, refresh-token age, warnings, readiness
-  (`_StateCollector`), computed from each connection's report at that moment.
+- state, read when Prometheus scrapes: token expiry, refresh-token age, warnings, readiness,
+  the rate learned from the upstream's 429s (`_StateCollector`), computed from each
+  connection's report at that moment.
 
 A registry per app (never the process-global one) keeps several apps in one process, as in the
 tests, from sharing or colliding over series. Names follow the Prometheus conventions: a
@@ -65,6 +66,8 @@ class ConnectionReport:
     status: TokenStatus
     assessment: Assessment
     now: float  # the clock reading the report was made at
+    # Requests/s the connection learned from the upstream's 429s; None: nothing learned.
+    learned_rate: float | None = None
 
     @property
     def ready(self) -> bool:
@@ -225,7 +228,7 @@ class _StateCollector:
 
     def collect(self) -> Iterator[Metric]:
         families = self._families()
-        ready, state, expiry, age, failures, warning = families
+        ready, state, expiry, age, failures, warning, learned = families
         for report in self._reports():
             name, status, assessment = report.name, report.status, report.assessment
             ready.add_metric([name], 1.0 if report.ready else 0.0)
@@ -242,6 +245,7 @@ class _StateCollector:
                 warning.add_metric(
                     [name, concern.value], 1.0 if assessment.has(concern) else 0.0
                 )
+            learned.add_metric([name], report.learned_rate or 0.0)
         yield from families
 
     @staticmethod
@@ -279,6 +283,12 @@ class _StateCollector:
                 "lifetime), refresh_failing, consent_required, credentials_refused, "
                 "no_refresh_token, no_subscription_key.",
                 labels=["connection", "warning"],
+            ),
+            GaugeMetricFamily(
+                f"{PREFIX}_upstream_learned_rate",
+                "Requests per second the connection learned from the upstream's 429s and sends "
+                "at most (0: nothing learned, not held back beyond its configured shaping).",
+                labels=["connection"],
             ),
         ]
 

@@ -34,6 +34,7 @@ from tests.conftest import (
     token_set,
     until,
 )
+from tests.scrape import scrape
 
 Proxy = TestClient[web.Request, web.Application]
 SandboxFactory = Callable[..., Awaitable[RunningSandbox]]
@@ -118,6 +119,56 @@ async def test_the_proxy_answers_429_itself_when_a_request_would_wait_too_long(
     assert (await first).status == 200
     assert nmbrs.sandbox.stats.api_requests == 1  # the refused request never went upstream
     assert connection_of(proxy).quota_stats()["throttled"] == 1
+
+
+# --- a quota the upstream does not publish: the connection learns it ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "most_per_second"),
+    [
+        # 3 times the quota: without a learned rate, all 20 refused went again at once when the
+        # pause ended (16 or more in one second), and again, until the retries ran out.
+        (30, 10),
+        # 4.5 times: without it, 5 of 45 got the upstream's 429. With it, the rate grows back
+        # and probes once (one 429 more: 11 sent in one second).
+        (45, 11),
+    ],
+)
+async def test_a_burst_at_an_unknown_quota_is_paced_at_a_learned_rate(
+    make_sandbox: SandboxFactory, make_proxy: ProxyFactory, count: int, most_per_second: int
+) -> None:
+    # The quota: 10 requests in any rolling second (the sandbox keeps each arrival's time and
+    # counts those of the last second). Nothing about it is configured: no rate, default retries.
+    nmbrs = await make_sandbox(rate_limit=10, rate_window=1.0)
+    proxy = await make_proxy(nmbrs.connection(), tokens={"nmbrs": nmbrs.tokens()})
+    url = f"http://127.0.0.1:{proxy.port}/api/companies?pageSize=1"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+
+        async def one() -> int:
+            async with client.get(url) as response:
+                await response.read()
+                return response.status
+
+        statuses = await asyncio.gather(*(one() for _ in range(count)))
+
+    assert statuses == [200] * count  # no 429 reached a client
+    stats = nmbrs.sandbox.stats
+    log = list(stats.api_log)
+    first_429 = min(r.at for r in log if r.status == 429 and r.at is not None)
+    # what went upstream after the burst was paced: few enough to get through
+    after = [r for r in log if r.at is not None and r.at > first_429 + 0.5]
+    assert stats.api_statuses[200] == count
+    assert stats.api_statuses[429] <= count - 10 + 3  # the burst's own, and hardly any probe
+    assert most_in_any_window(arrivals(after), 1.0) <= most_per_second
+    quota = connection_of(proxy).quota_stats()
+    learned = quota["learned_rate"]
+    assert isinstance(learned, float)
+    assert 0.5 <= learned <= 12.0  # below what got through, then grown a little
+    readiness = await (await proxy.get("/_proxy/readyz")).json()
+    assert readiness["connections"]["nmbrs"]["quota"]["learned_rate"] == learned
+    found = await scrape(proxy)
+    assert found.get("nmbrs_proxy_upstream_learned_rate", connection="nmbrs") == learned
 
 
 # --- 429 from the upstream: the connection pauses --------------------------------------------
@@ -371,5 +422,7 @@ async def test_quota_counters_are_on_the_readiness_page(
     readiness = await (await proxy.get("/_proxy/readyz")).json()
     assert readiness["connections"]["nmbrs"]["quota"] == {
         "upstream_429": 0, "retries": 0, "throttled": 0, "delayed": 0, "pauses": 0,
-        "waiting": 0, "key_rotations": 0,
+        "waiting": 0, "learned_rate": None, "key_rotations": 0,
     }  # fmt: skip
+    found = await scrape(proxy)
+    assert found.get("nmbrs_proxy_upstream_learned_rate", connection="nmbrs") == 0.0

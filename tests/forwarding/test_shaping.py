@@ -267,3 +267,113 @@ async def test_no_limits_admit_at_once() -> None:
         permit.release()
     assert clock.sleeps == []
     assert gate.counters.delayed == 0
+
+
+# --- the rate learned from the upstream's 429s ------------------------------------------------
+
+
+def taught(gate: Shaper, through: int) -> None:
+    """`through` answers got through, then a 429: the shaper learns 0.7 times through per second."""
+    for _ in range(through):
+        gate.answered(200)
+    gate.answered(429)
+
+
+async def admitted_at(gate: Shaper, clock: SleepingClock, count: int) -> list[float]:
+    out = []
+    for _ in range(count):
+        (await gate.admit()).release()
+        out.append(round(clock.now - 1000.0, 9))
+    return out
+
+
+async def test_after_a_pause_requests_leave_at_the_learned_rate() -> None:
+    clock = SleepingClock()
+    gate = shaper(clock)
+    assert gate.learned_rate() is None
+    taught(gate, 10)  # the exchange tells every status
+    gate.pause(1.0)  # and pauses the connection for the 429's Retry-After
+    assert gate.learned_rate() == 7.0
+    went = await admitted_at(gate, clock, 4)
+    # not all at once when the pause ends: one every 1/7 s
+    assert went == pytest.approx([1.0, 1 + 1 / 7, 1 + 2 / 7, 1 + 3 / 7])
+    assert gate.counters.delayed == 4
+
+
+async def test_a_connection_that_never_saw_a_429_keeps_its_fast_path() -> None:
+    clock = SleepingClock()
+    gate = shaper(clock)
+    for status in (200, 204, 304, 401, 404, 500, 502, 503, 504):
+        gate.answered(status)
+    assert gate.learned_rate() is None
+    assert await gate.admit() is await gate.admit()  # the one shared permit: nothing held
+    assert clock.sleeps == []
+
+
+async def test_5xx_answers_say_nothing_about_the_quota() -> None:
+    gate = shaper(SleepingClock())
+    for _ in range(10):
+        gate.answered(200)
+        gate.answered(503)  # not counted as having got through
+    gate.answered(429)
+    assert gate.learned_rate() == 7.0
+
+
+async def test_the_lesson_is_forgotten_after_a_clean_stretch_and_the_fast_path_is_back() -> None:
+    clock = SleepingClock()
+    gate = shaper(clock)
+    taught(gate, 10)
+    clock.advance(301.0)
+    assert gate.learned_rate() is None
+    assert await gate.admit() is await gate.admit()
+    assert clock.sleeps == []
+
+
+async def test_the_configured_rate_caps_the_learned_one_and_comes_back_with_its_burst() -> None:
+    clock = SleepingClock()
+    gate = shaper(clock, rate_per_second=5, burst=3)
+    taught(gate, 10)  # 10 got through in the last second: 7 learned, but never above 0.7 times 5
+    assert gate.learned_rate() == 3.5
+    went = await admitted_at(gate, clock, 3)
+    assert went == pytest.approx([0, 1 / 3.5, 2 / 3.5])  # burst 1 while learned
+    for _ in range(10):  # clean answers: +1/rate each, until it reaches the configured 5
+        clock.advance(1.0)
+        gate.answered(200)
+    assert gate.learned_rate() is None
+    clock.advance(10.0)
+    now = clock.now - 1000.0
+    assert await admitted_at(gate, clock, 4) == pytest.approx([now] * 3 + [now + 0.2])  # burst 3
+
+
+async def test_a_429_while_waiting_slows_the_head_of_the_line() -> None:
+    clock = SleepingClock()
+    gate = shaper(clock, max_wait_seconds=10)
+    (await gate.admit()).release()
+
+    def refused() -> None:  # meanwhile an answer comes back 429, after 10 that got through
+        taught(gate, 10)
+        gate.pause(1.0)
+
+    clock.during_sleep = refused
+    gate.pause(0.5)
+    went = await admitted_at(gate, clock, 2)
+    assert went == pytest.approx([1.0, 1 + 1 / 7])
+
+
+async def test_a_rebuilt_shaper_goes_on_from_what_the_old_one_learned() -> None:
+    clock = SleepingClock()
+    old = shaper(clock)
+    taught(old, 10)
+    old.pause(2.0)
+    new = shaper(clock, max_concurrent=4)  # a reload changed the connection's shaping
+    new.take_over(old)
+    assert new.learned_rate() == 7.0
+    assert new.paused_for() == 2.0
+    higher = shaper(clock, rate_per_second=10)
+    higher.take_over(old)
+    assert higher.learned_rate() == 7.0
+    lower = shaper(clock, rate_per_second=6)
+    lower.take_over(old)
+    assert lower.learned_rate() is None  # the configured rate alone holds it back more
+    new.answered(200)
+    assert old.learned_rate() == 7.0  # each goes on by itself
