@@ -19,6 +19,10 @@ only after twice T (`RequestHandler.shutdown` waits T for the handler, then T ag
 cancelling its payload).
 
 A service manager is told when the proxy is ready and when it stops (sd_notify(3)).
+
+With `[server] tls_cert` the proxy's listener speaks HTTPS (and the ops listener too with
+`ops_tls`). Its SSLContext is made once; a reload hands new handshakes a renewed certificate
+through it (proxy.core.listener_tls), so no connection is dropped and none is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,9 +41,10 @@ from typing import Final
 from aiohttp import web
 from aiohttp.web_server import Server
 
+from proxy.core.listener_tls import ListenerCertificates
 from proxy.forwarding.dataplane import DATA_PLANE
 from proxy.forwarding.observe import TRAFFIC
-from proxy.ops.reload import RELOADER
+from proxy.ops.reload import LISTENER_CERTIFICATES, RELOADER
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +117,16 @@ class OpsListener:
     app: web.Application
     host: str
     port: int
+    ssl_context: ssl.SSLContext | None = None  # HTTPS (`[server] ops_tls`); None: plain HTTP
 
     async def start(self) -> web.AppRunner:
         runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=_CUT_OFF_SECONDS)
         await runner.setup()
         # reuse_port: the process that replaces this one in a rolling restart binds it too.
         await web.TCPSite(runner, self.host, self.port, reuse_address=True,
-                          reuse_port=True).start()
-        addresses = [_address(name) for name in runner.addresses]
+                          reuse_port=True, ssl_context=self.ssl_context).start()
+        scheme = "http" if self.ssl_context is None else "https"
+        addresses = [_address(name, scheme) for name in runner.addresses]
         log.info("probes and metrics on %s", ", ".join(addresses),
                  extra={"event": "ops_listening", "addresses": addresses})
         return runner
@@ -134,13 +142,19 @@ async def serve(
     environ: Mapping[str, str] | None = None,
     ops: OpsListener | None = None,
     reuse_port: bool = False,
+    tls: ListenerCertificates | None = None,
 ) -> None:
     """Run `app` until SIGTERM or SIGINT, then stop as described above.
 
     `ops`, when given, is served on its own address from start to finish: it keeps answering
-    probes (readiness says "draining") while the proxy drains.
+    probes (readiness says "draining") while the proxy drains. `tls`, when given, makes the
+    proxy's listener speak HTTPS; a reload of `app` renews its certificate.
     """
     env = os.environ if environ is None else environ
+    context = None
+    if tls is not None:
+        app[LISTENER_CERTIFICATES] = tls  # before the app starts: its state is then frozen
+        context = tls.proxy.listening
     runner = ProxyRunner(
         app, handler_cancellation=True, access_log=None, shutdown_timeout=_CUT_OFF_SECONDS
     )
@@ -149,15 +163,17 @@ async def serve(
     signals = _Signals()
     _reload_on_sighup(app)
     sites: list[web.BaseSite] = (
-        [web.SockSite(runner, sock) for sock in sockets]
+        [web.SockSite(runner, sock, ssl_context=context) for sock in sockets]
         if sockets
         # reuse_port: the workers of `serve --workers N` all bind the same port.
-        else [web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)]
+        else [web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
+                          ssl_context=context)]
     )
     try:
         for site in sites:
             await site.start()
-        addresses = [_address(name) for name in runner.addresses]
+        scheme = "http" if context is None else "https"
+        addresses = [_address(name, scheme) for name in runner.addresses]
         log.info(
             "listening on %s", ", ".join(addresses), extra={"event": "listening",
                                                            "addresses": addresses},
@@ -216,10 +232,11 @@ def _reload_on_sighup(app: web.Application) -> None:
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
 
 
-def _address(name: object) -> str:
+def _address(name: object, scheme: str = "http") -> str:
     if isinstance(name, tuple) and len(name) >= 2:
         host, port = name[0], name[1]
-        return f"http://[{host}]:{port}" if ":" in str(host) else f"http://{host}:{port}"
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        return f"{scheme}://{shown}:{port}"
     return str(name)
 
 

@@ -30,6 +30,7 @@ from typing import Final
 
 from proxy.config import ConfigError, Settings
 from proxy.core import redact
+from proxy.core.listener_tls import ListenerCertificates
 from proxy.core.secret import revealed_in
 from proxy.telemetry.logs import setup_logging
 
@@ -77,11 +78,18 @@ def serve(
     from proxy.server import OpsListener  # noqa: PLC0415 - as above
     from proxy.server import serve as serve_app  # noqa: PLC0415 - as above
 
-    app = create_app(settings, reload_from=reload_from)
     server = settings.server
+    try:  # each process makes its own contexts (they cannot be pickled for the workers)
+        tls = (None if server.tls is None
+               else ListenerCertificates(server.tls, ops=server.ops_tls))
+    except ValueError as exc:  # checked when the file was read, but files change
+        log.error("cannot serve: server.%s", exc)  # noqa: TRY400 - the message says it all
+        return EXIT_FAILED
+    app = create_app(settings, reload_from=reload_from)
+    ops_context = None if tls is None or tls.ops is None else tls.ops.listening
     ops = (
         None if server.ops_port is None
-        else OpsListener(create_ops_app(app), server.ops_host, server.ops_port)
+        else OpsListener(create_ops_app(app), server.ops_host, server.ops_port, ops_context)
     )
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -93,6 +101,7 @@ def serve(
                 sockets=sockets,
                 ops=ops,
                 reuse_port=reuse_port,
+                tls=tls,
             ))
     except OSError as exc:  # a port in use, a token store that cannot be read, ...
         log.error("cannot serve: %s", exc)  # noqa: TRY400 - the message says it all

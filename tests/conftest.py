@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import aiohttp
@@ -53,9 +54,11 @@ async def proxy_server() -> AsyncIterator[ProxyServerFactory]:
     """Like pytest-aiohttp's aiohttp_server, for the proxy's own app (see ProxyTestServer)."""
     servers: list[TestServer] = []
 
-    async def serve(app: web.Application, *, port: int | None = None) -> TestServer:
+    async def serve(app: web.Application, *, port: int | None = None,
+                    ssl: SSLContext | None = None) -> TestServer:
+        """`ssl`: serve HTTPS with this server context (its URL then says https)."""
         server = ProxyTestServer(app, host="127.0.0.1", port=port)
-        await server.start_server()
+        await server.start_server(ssl=ssl)
         servers.append(server)
         return server
 
@@ -375,9 +378,11 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 # --- event loops ------------------------------------------------------------------------------
 
-# The forwarder's tests, and every test of the upstream client (its own folder).
+# The forwarder's tests, every test of the upstream client (its own folder), and the listener's
+# TLS (the handshake and the certificate swap run in the loop's own SSL code).
 _BOTH_LOOPS = (Path(__file__).parent / "forwarding" / "test_forward.py",
-               Path(__file__).parent / "forwarding" / "upstream")
+               Path(__file__).parent / "forwarding" / "upstream",
+               Path(__file__).parent / "inbound" / "test_tls_clients.py")
 
 
 def pytest_asyncio_loop_factories(

@@ -2,8 +2,9 @@
 into the pure policy types of `proxy.inbound.policy`.
 
 The checks that span tables live here too: a client may name only connections the file has,
-no two keys (of clients or the admin) may be the same, and the listen address must be one the
-access policy allows.
+no two keys (of clients or the admin) may be the same, no two clients the same certificate, a
+client identified by its certificate needs `server.tls_client_ca`, and the listen address must
+be one the access policy allows.
 """
 
 from __future__ import annotations
@@ -19,9 +20,18 @@ from proxy.config.reader import _Reader
 from proxy.config.references import _Context
 from proxy.config.schema import AUDIT_OFF, AUDIT_STREAMS, AuditSettings, Settings
 from proxy.config.values import _array, _boolean, _count, _method, _path_pattern, _seconds, _text
-from proxy.inbound.policy import LOOPBACK, AdminAccess, Client, IPNetwork, Rule, bind_problem
+from proxy.inbound.certificates import canonical_subject
+from proxy.inbound.policy import (
+    LOOPBACK,
+    AdminAccess,
+    Client,
+    IPNetwork,
+    Rule,
+    bind_problem,
+)
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
+_FINGERPRINT: Final = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){31}")
 
 
 def _sha256(value: Any, context: _Context) -> bytes:
@@ -33,6 +43,24 @@ def _sha256(value: Any, context: _Context) -> bytes:
             "(`nmbrs-proxy hash-key` prints one)"
         )
     return bytes.fromhex(text)
+
+
+def _cert_sha256(value: Any, context: _Context) -> bytes:
+    """A certificate's SHA-256 (of its DER form) in hex, with or without colons."""
+    text = _text(value, context).strip()
+    if not (_SHA256_HEX.fullmatch(text) or _FINGERPRINT.fullmatch(text)):
+        raise _Invalid(
+            "must be the SHA-256 of the DER certificate: 64 hexadecimal characters, colons "
+            "between the bytes allowed (`openssl x509 -noout -fingerprint -sha256` prints it)"
+        )
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def _cert_subject(value: Any, context: _Context) -> str:
+    try:
+        return canonical_subject(_text(value, context))
+    except ValueError as err:
+        raise _Invalid(str(err)) from None
 
 
 def _network(value: Any, context: _Context) -> IPNetwork:
@@ -73,7 +101,9 @@ def _with_access(root: _Reader, settings: Settings, connections: frozenset[str])
     """`settings` with [[clients]], [admin] and [audit] read, and the listen address checked."""
     keys: dict[bytes, str] = {}  # key digest -> the dotted key that holds it first
     client_tables = root.array_of_tables("clients")
-    clients = _clients(client_tables, connections, keys)
+    tls = settings.server.tls
+    clients = _clients(client_tables, connections, keys,
+                       certificates=tls is not None and tls.client_ca is not None)
     admin_table = root.table("admin")
     admin = _admin(admin_table, keys) if admin_table is not None else AdminAccess()
     audit_table = root.table("audit")
@@ -85,29 +115,42 @@ def _with_access(root: _Reader, settings: Settings, connections: frozenset[str])
     return settings
 
 
+_CERTIFICATE_KEYS: Final = ("cert_sha256", "cert_subject")
+
+
 def _clients(
-    tables: list[_Reader] | None, connections: frozenset[str], keys: dict[bytes, str]
+    tables: list[_Reader] | None, connections: frozenset[str], keys: dict[bytes, str], *,
+    certificates: bool,
 ) -> tuple[Client, ...]:
     clients: list[Client] = []
     names: set[str] = set()
+    # (cert_sha256, cert_subject) of a client without a key -> the dotted key of its table
+    identities: dict[tuple[bytes | None, str | None], str] = {}
     for table in tables or ():
-        client = _client(table, connections, keys)
+        client = _client(table, connections, keys, certificates=certificates)
         if client is None:
             continue
         if client.name in names:
             table.problem(f"another client is already named {client.name!r}", "name")
             continue
+        if client.key_sha256 is None:
+            where = table.key("name").removesuffix(".name")  # clients[i]
+            first = identities.setdefault((client.cert_sha256, client.cert_subject), where)
+            if first != where:
+                table.problem(f"names the same certificate as {first}: no request could tell "
+                              "them apart")
+                continue
         names.add(client.name)
         clients.append(client)
     return tuple(clients)
 
 
 def _client(
-    table: _Reader, connections: frozenset[str], keys: dict[bytes, str]
+    table: _Reader, connections: frozenset[str], keys: dict[bytes, str], *, certificates: bool,
 ) -> Client | None:
     before = table.problem_count()
     name = table.require("name", _client_name)
-    digest = table.require("key_sha256", _sha256)
+    digest, cert_sha256, cert_subject = _identity(table, certificates=certificates)
     cidrs = table.optional("cidrs", _array(_network, allow_empty=False)) or ()
     allowed = table.optional("connections", _array(_text, allow_empty=False))
     read_only = table.get("read_only", _boolean, default=False)
@@ -128,11 +171,14 @@ def _client(
         first = keys.setdefault(digest, table.key("key_sha256"))
         if first != table.key("key_sha256"):
             table.problem(f"the same key as {first}: every key must be different", "key_sha256")
-    if table.problem_count() > before or name is None or digest is None:
+    if table.problem_count() > before or name is None or (
+            digest is None and cert_sha256 is None and cert_subject is None):
         return None
     return Client(
         name=name,
         key_sha256=digest,
+        cert_sha256=cert_sha256,
+        cert_subject=cert_subject,
         cidrs=cidrs,
         connections=frozenset(allowed) if allowed is not None else None,
         rules=tuple(rule for rule in rules if rule is not None) if rules is not None else None,
@@ -141,6 +187,23 @@ def _client(
         burst=1 if burst is None else burst,
         max_concurrent=max_concurrent,
     )
+
+
+def _identity(table: _Reader, *, certificates: bool,
+              ) -> tuple[bytes | None, bytes | None, str | None]:
+    """How a client is known: its key's digest, its certificate's digest and subject. A key
+    is required unless a certificate is named; a certificate needs the client CAs."""
+    cert_sha256 = table.optional("cert_sha256", _cert_sha256)
+    cert_subject = table.optional("cert_subject", _cert_subject)
+    named = [key for key in _CERTIFICATE_KEYS if table.has(key)]
+    if not named:
+        return table.require("key_sha256", _sha256), None, None
+    if not certificates:
+        for key in named:
+            if table.is_valid(key):
+                table.problem("needs server.tls_client_ca: without it the proxy asks for no "
+                              "client certificate", key)
+    return table.optional("key_sha256", _sha256), cert_sha256, cert_subject
 
 
 def _rule(table: _Reader) -> Rule | None:

@@ -2,9 +2,13 @@
 once, and which wait for a restart. Pure: two Settings in, two lists of keys out.
 
 Live: who may call what (`[[clients]]`, `[admin]`, `server.allow_anonymous`), what the audit
-line records (`[audit]`) and the connections (added, removed, changed). A restart: where the
-proxy listens (`server.host`, `server.port`, the ops listener), the grace period it was started
-with, the token store and the session key. (A connection whose OAuth callback path the running
+line records (`[audit]`), the connections (added, removed, changed) and the listener's
+certificate, key and client CAs (`server.tls_cert`, `tls_key`, `tls_client_ca`: a path or a
+file's bytes). A restart: where the proxy listens (`server.host`, `server.port`, the ops
+listener, `server.ops_tls`), whether it listens with TLS, whether it asks for client
+certificates and how (`tls_client_ca` added or removed, `tls_client_auth`; with such a change
+the certificate waits for the restart too), the grace period it was started with, the token
+store and the session key. (A connection whose OAuth callback path the running
 proxy does not serve yet waits for a restart too: the reload decides that, proxy.ops.reload.)
 
 A changed connection keeps its token manager, and so its token set and its refresher, when its
@@ -17,6 +21,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from proxy.config.schema import ConnectionSettings, Settings
+from proxy.core.listener_tls import ListenerTls
 
 # Keys of [server] that the access policy reads (the rest belong to the listener).
 _LIVE_SERVER_KEYS = frozenset({"allow_anonymous"})
@@ -50,11 +55,31 @@ def _changed_fields(old: object, new: object, section: str) -> list[str]:
             if getattr(old, f.name) != getattr(new, f.name)]
 
 
+def _tls_keys(old: ListenerTls | None, new: ListenerTls | None) -> tuple[str, ...]:
+    if old is None or new is None:
+        turned = new if old is None else old
+        return () if turned is None else tuple(name for name, _ in turned.files())
+    return old.changed(new)
+
+
+def tls_is_live(old: ListenerTls | None, new: ListenerTls | None) -> bool:
+    """Whether a running listener can take on `new` (a new certificate, key or CA bundle),
+    rather than only a restart (TLS on or off, client certificates asked for or not, or
+    asked for otherwise)."""
+    return (old is not None and new is not None
+            and (old.client_ca is None) == (new.client_ca is None)
+            and old.client_auth == new.client_auth)
+
+
 def changes(old: Settings, new: Settings) -> Changes:
     """The keys that differ between `old` (running) and `new` (the file now), sorted by kind."""
     live: list[str] = []
     restart: list[str] = []
     for key in _changed_fields(old.server, new.server, "server"):
+        if key == "server.tls":
+            tls_keys = [f"server.{name}" for name in _tls_keys(old.server.tls, new.server.tls)]
+            (live if tls_is_live(old.server.tls, new.server.tls) else restart).extend(tls_keys)
+            continue
         (live if key.removeprefix("server.") in _LIVE_SERVER_KEYS else restart).append(key)
     restart += _changed_fields(old.store, new.store, "store")
     restart += _changed_fields(old.session, new.session, "session")
@@ -77,7 +102,9 @@ def applied(running: Settings, new: Settings,
             connections: tuple[ConnectionSettings, ...] | None = None) -> Settings:
     """The settings a reload runs with: the live sections of `new`, the rest as running;
     `connections`, when given, are the ones the reload could apply (default: all of `new`'s)."""
-    server = dataclasses.replace(running.server, allow_anonymous=new.server.allow_anonymous)
+    tls = new.server.tls if tls_is_live(running.server.tls, new.server.tls) else running.server.tls
+    server = dataclasses.replace(running.server, allow_anonymous=new.server.allow_anonymous,
+                                 tls=tls)
     return dataclasses.replace(
         running, server=server, clients=new.clients, admin=new.admin, audit=new.audit,
         connections=new.connections if connections is None else connections)

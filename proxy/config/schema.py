@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from proxy.core.egress import DIRECT, EgressPolicy
+from proxy.core.listener_tls import ListenerTls
 from proxy.core.secret import Secret
 from proxy.core.tls import OutboundTls
 from proxy.inbound.policy import AccessPolicy, AdminAccess, Client, PathPattern
@@ -29,6 +30,11 @@ class ServerSettings:
     # forwards nothing, so it may face the network while `host` stays on loopback. None: off.
     ops_host: str = "127.0.0.1"
     ops_port: int | None = None
+    # HTTPS on the proxy's listener (tls_cert, tls_key; client certificates with
+    # tls_client_ca, tls_client_auth). None: plain HTTP.
+    tls: ListenerTls | None = None
+    # The ops listener serves HTTPS too, with the same certificate (no client certificates).
+    ops_tls: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
 from proxy.config.problems import _Invalid
 from proxy.config.reader import _Reader
-from proxy.config.references import _Context
+from proxy.config.references import _FILE_PREFIX, _Context
 from proxy.config.schema import ServerSettings, SessionSettings, StoreSettings
 from proxy.config.values import (
     _boolean,
@@ -25,7 +26,54 @@ from proxy.config.values import (
     _text,
     _word,
 )
+from proxy.core.listener_tls import CLIENT_AUTH_MODES, ListenerTls
 from proxy.core.secret import Secret
+
+
+def _pem_path(value: Any, context: _Context) -> Path:
+    """Where a PEM file is: a path (relative to the config file), `file:PATH` (the same file,
+    read whenever the configuration is: at start and at every reload), or `env:NAME` (a
+    variable holding the path)."""
+    if isinstance(value, str) and value.startswith(_FILE_PREFIX):
+        text = value.removeprefix(_FILE_PREFIX)
+        if not text:
+            raise _Invalid("a file: reference needs a path")
+    else:
+        text = _text(value, context)
+    if text.lstrip().startswith("-----BEGIN"):
+        raise _Invalid("must be the path of a PEM file (or file:PATH), not the PEM text itself")
+    return context.path(text)
+
+
+_TLS_KEYS: Final = ("tls_cert", "tls_key", "tls_client_ca", "tls_client_auth")
+
+
+def _listener_tls(table: _Reader) -> tuple[ListenerTls | None, bool]:
+    """[server] tls_*: the listener's TLS (None: plain HTTP), and ops_tls."""
+    cert = table.optional("tls_cert", _pem_path)
+    key = table.optional("tls_key", _pem_path)
+    client_ca = table.optional("tls_client_ca", _pem_path)
+    client_auth = table.optional("tls_client_auth", _one_of(*CLIENT_AUTH_MODES))
+    ops_tls = table.get("ops_tls", _boolean, default=False)
+    if not all(table.is_valid(name) for name in _TLS_KEYS):
+        return None, ops_tls
+    needs = {"tls_key": "tls_cert", "tls_client_ca": "tls_cert",
+             "tls_client_auth": "tls_client_ca", "ops_tls": "tls_cert"}
+    given = {"tls_cert": cert, "tls_key": key, "tls_client_ca": client_ca,
+             "tls_client_auth": client_auth, "ops_tls": ops_tls or None}
+    missing = [(name, needed) for name, needed in needs.items()
+               if given[name] is not None and given[needed] is None]
+    for name, needed in missing:
+        table.problem(f"needs server.{needed}", name)
+    if missing or cert is None:
+        return None, ops_tls
+    try:
+        tls = ListenerTls.read(cert, key, client_ca, client_auth or "required")
+    except ValueError as exc:
+        name, _, why = str(exc).partition(": ")
+        table.problem(why, name)
+        return None, ops_tls
+    return tls, ops_tls
 
 
 def _server(table: _Reader) -> ServerSettings:
@@ -39,6 +87,10 @@ def _server(table: _Reader) -> ServerSettings:
         ops_host=table.get("ops_host", _text, "127.0.0.1"),
         ops_port=table.optional("ops_port", _port),
     )
+    tls, ops_tls = _listener_tls(table)
+    settings = replace(settings, tls=tls, ops_tls=ops_tls)
+    if ops_tls and settings.ops_port is None and table.is_valid("ops_port"):
+        table.problem("has no effect without server.ops_port", "ops_tls")
     if (
         settings.ops_port is not None
         and settings.ops_port == settings.port != 0

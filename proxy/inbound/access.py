@@ -1,21 +1,31 @@
 """The door: every request passes the guard (proxy/inbound/guard.py) and the access policy
 (proxy/inbound/policy.py) here, before any handler runs, so before any token is fetched or added.
+
+`caller` is who a forwarded request acts for, here and on the data plane
+(proxy/forwarding/dataplane.py) alike: its key, and its TLS client certificate when some client
+is identified by one. A connection's certificate is read and hashed once, at its first
+request: the listener allows no renegotiation, so it cannot change afterwards.
 """
 
 from __future__ import annotations
 
+import ssl
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Final
 from urllib.parse import unquote
 
 from aiohttp import web
 
 from proxy.core.http import match_prefix, split_target
 from proxy.inbound import guard
+from proxy.inbound.certificates import PeerCertificate
 from proxy.inbound.policy import (
     AccessPolicy,
     Area,
+    Client,
     area_of,
     authorize_admin,
     authorize_callback,
@@ -27,6 +37,36 @@ from proxy.inbound.policy import (
 from proxy.inbound.quotas import ClientQuotas
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# Each TLS connection's client certificate (None: it presented none), for as long as the
+# connection lives: keyed by its SSLObject, one per connection, on asyncio's loop and uvloop's.
+_PEERS: Final[weakref.WeakKeyDictionary[ssl.SSLObject, PeerCertificate | None]] = (
+    weakref.WeakKeyDictionary())
+
+
+def peer_certificate(request: web.BaseRequest) -> PeerCertificate | None:
+    """The verified client certificate of the request's TLS connection; None without one."""
+    transport = request.transport
+    if transport is None:
+        return None
+    connection = transport.get_extra_info("ssl_object")
+    if not isinstance(connection, ssl.SSLObject):
+        return None
+    try:
+        return _PEERS[connection]
+    except KeyError:
+        pass
+    der = connection.getpeercert(binary_form=True)
+    peer = None if der is None else PeerCertificate.from_der(der)
+    _PEERS[connection] = peer
+    return peer
+
+
+def caller(policy: AccessPolicy, request: web.BaseRequest) -> Client | None:
+    """`identify_caller` for this request: its key, and its certificate if a client may be
+    identified by one (otherwise the connection is not looked at)."""
+    peer = peer_certificate(request) if policy.by_certificate else None
+    return identify_caller(policy, presented_key(request.headers), peer)
 
 
 @dataclass
@@ -91,7 +131,7 @@ async def access(request: web.Request, handler: Handler) -> web.StreamResponse:
         authorize_admin(door.policy, key=presented_key(request.headers, basic=True),
                         source=source)
     elif area is Area.FORWARD:
-        client = identify_caller(door.policy, presented_key(request.headers))
+        client = caller(door.policy, request)
         connection, upstream_path = door.route(split_target(request.raw_path)[0])
         note.client = client.name if client is not None else None
         note.connection = connection

@@ -17,6 +17,10 @@ Basic, so a browser can ask for it). Keys are only known by their SHA-256; the p
 digest is compared with every client's in constant time (hmac.compare_digest), all of them,
 whichever matches.
 
+Or by its TLS client certificate (proxy.inbound.certificates): a client naming a key and a
+certificate needs both. A request with a key is identified by the key; one without, by the
+first client naming no key (in the file's order) whose certificate it presents.
+
 Denials: 401 when no key was presented where one is needed, or the key is unknown; 403 when
 the caller is known (or anonymous callers are allowed) but the source address, connection,
 method or path is not allowed for it.
@@ -38,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from proxy.core.errors import Forbidden, Unauthorized
+from proxy.inbound.certificates import PeerCertificate
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -138,7 +143,7 @@ class Rule:
 @dataclass(frozen=True)
 class Client:
     name: str
-    key_sha256: bytes = field(repr=False)  # the digest, 32 bytes
+    key_sha256: bytes | None = field(default=None, repr=False)  # the digest, 32 bytes
     cidrs: tuple[IPNetwork, ...] = ()  # empty: any source address
     connections: frozenset[str] | None = None  # None: every connection
     rules: tuple[Rule, ...] | None = None  # None: every method and path
@@ -147,6 +152,17 @@ class Client:
     rate_per_second: float | None = None
     burst: int = 1
     max_concurrent: int | None = None
+    # Its TLS client certificate (None: not identified by one): the SHA-256 of the DER
+    # certificate, 32 bytes, and/or its subject as `certificates.canonical_subject` writes it.
+    cert_sha256: bytes | None = None
+    cert_subject: str | None = None
+
+    @property
+    def by_certificate(self) -> bool:
+        return self.cert_sha256 is not None or self.cert_subject is not None
+
+    def certificate_matches(self, peer: PeerCertificate | None) -> bool:
+        return peer is not None and peer.is_named(self.cert_sha256, self.cert_subject)
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,11 @@ class AccessPolicy:
     def anonymous_allowed(self) -> bool:
         """Requests without a key are served when no clients are configured, or when asked to."""
         return self.allow_anonymous or not self.clients
+
+    @functools.cached_property
+    def by_certificate(self) -> bool:
+        """Whether some client is identified by its certificate (else none is looked at)."""
+        return any(client.by_certificate for client in self.clients)
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -207,9 +228,14 @@ def identify(clients: Collection[Client], key: str) -> Client | None:
     digest = key_digest(key)
     found = None
     for client in clients:
-        if hmac.compare_digest(digest, client.key_sha256):
+        if client.key_sha256 is not None and hmac.compare_digest(digest, client.key_sha256):
             found = client
     return found
+
+
+def identify_by_certificate(clients: Collection[Client], peer: PeerCertificate) -> Client | None:
+    """The first client without a key that `peer` is the certificate of."""
+    return next((c for c in clients if c.key_sha256 is None and c.certificate_matches(peer)), None)
 
 
 def key_matches(key: str | None, expected: bytes) -> bool:
@@ -254,21 +280,40 @@ def is_loopback_host(host: str) -> bool:
 # --- decisions ------------------------------------------------------------------------------
 
 
-def identify_caller(policy: AccessPolicy, key: str | None) -> Client | None:
-    """The client a request to be forwarded acts for (None: anonymous), or Unauthorized."""
-    if not policy.clients or key is None:
-        if policy.anonymous_allowed:
-            return None
-        raise Unauthorized(
-            f"this proxy needs a key: send it as {KEY_HEADER} or Authorization: Bearer",
-            headers={"WWW-Authenticate": CLIENT_CHALLENGE},
-        )
-    client = identify(policy.clients, key)
-    if client is None:
-        raise Unauthorized(
-            "the key is not valid", headers={"WWW-Authenticate": CLIENT_CHALLENGE}
-        )
-    return client
+def identify_caller(
+    policy: AccessPolicy, key: str | None, peer: PeerCertificate | None = None
+) -> Client | None:
+    """The client a request to be forwarded acts for (None: anonymous), or Unauthorized.
+
+    `peer` is the connection's verified client certificate (None: it presented none).
+    """
+    if not policy.clients:
+        return None
+    if key is not None:
+        client = identify(policy.clients, key)
+        if client is None:
+            raise Unauthorized(
+                "the key is not valid", headers={"WWW-Authenticate": CLIENT_CHALLENGE}
+            )
+        if client.by_certificate and not client.certificate_matches(peer):
+            raise Unauthorized(
+                "this key is valid only with its client's TLS certificate",
+                headers={"WWW-Authenticate": CLIENT_CHALLENGE},
+            )
+        return client
+    if peer is not None and policy.by_certificate:
+        client = identify_by_certificate(policy.clients, peer)
+        if client is not None:
+            return client
+    if policy.anonymous_allowed:
+        return None
+    certificate = (" (or connect with a client certificate this proxy knows)"
+                   if policy.by_certificate else "")
+    raise Unauthorized(
+        f"this proxy needs a key: send it as {KEY_HEADER} or Authorization: Bearer"
+        f"{certificate}",
+        headers={"WWW-Authenticate": CLIENT_CHALLENGE},
+    )
 
 
 def check_forward(

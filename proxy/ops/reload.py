@@ -6,9 +6,11 @@ step between two requests: the access door (clients, admin, anonymous access), t
 settings and the connections are replaced whole, so a request in flight finishes with the
 settings (and the connection) it started with and the next one sees the new ones. A changed
 connection keeps its token manager when its identity is the same; a removed or replaced
-manager stops once no refresh of its is in flight (TokenManager.retire). What only a restart
-applies (proxy.config.changes) is reported as such, and the rest is applied anyway. Reloads
-run one at a time.
+manager stops once no refresh of its is in flight (TokenManager.retire). The listener's TLS
+certificate, key and client CAs are read again with the file (a file renewed in place is a
+change too) and handed to the handshakes that start after the step (established connections
+keep theirs; proxy.core.listener_tls). What only a restart applies (proxy.config.changes) is
+reported as such, and the rest is applied anyway. Reloads run one at a time.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from yarl import URL
 from proxy.config import ConfigError, Settings
 from proxy.config.changes import applied, changes, same_identity
 from proxy.config.schema import ConnectionSettings
+from proxy.core.listener_tls import ListenerCertificates
 from proxy.forwarding.connection import Connection, build_connection
 from proxy.forwarding.observe import METRICS
 from proxy.forwarding.state import PROXY_STATE, ProxyState
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 SettingsSource = Callable[[], Settings]
 # Set by `serve --workers N` in each worker: the supervisor, which passes a SIGHUP to them all.
 SUPERVISOR_ENV: Final = "NMBRS_PROXY_SUPERVISOR_PID"
+# The TLS contexts the listeners serve with (proxy.server sets it when TLS is on).
+LISTENER_CERTIFICATES: Final = web.AppKey("listener_certificates", ListenerCertificates)
 
 
 def door_for(settings: Settings) -> Door:
@@ -116,6 +121,20 @@ class Reloader:
         restart = (*changes(running, new).restart, *waiting)
         if not found.live:
             return Outcome("unchanged", needs_restart=restart)
+        return await self._apply(app, running, found.live, restart)
+
+    async def _apply(self, app: web.Application, running: Settings, live: tuple[str, ...],
+                     restart: tuple[str, ...]) -> Outcome:
+        """Everything that may fail first, then the settings in one step."""
+        state = app[PROXY_STATE]
+        use_certificates = None
+        certificates = app.get(LISTENER_CERTIFICATES)
+        tls = running.server.tls
+        if certificates is not None and tls is not None and tls != certificates.tls:
+            try:  # the files were checked when the file was read; they may have changed since
+                use_certificates = await asyncio.to_thread(certificates.prepare, tls)
+            except ValueError as exc:
+                return Outcome("failed", errors=(f"server.{exc}",))
         try:
             connections, fresh, leaving = await _connections(app, state, running.connections)
         except StoreError as exc:
@@ -125,6 +144,8 @@ class Reloader:
         except OSError as exc:
             return Outcome("failed", errors=(f"audit.destination: cannot open it ({exc})",))
         # One synchronous step: the next request sees all of it, none sees a part.
+        if use_certificates is not None:
+            use_certificates()
         app[DOOR].door = door_for(running)
         app[QUOTAS].configure(running.clients)
         state.use(running, connections)
@@ -132,7 +153,7 @@ class Reloader:
             state.retire(connection)
         for connection in fresh:
             state.start_refresher(connection)
-        return Outcome("applied", applied=found.live, needs_restart=restart)
+        return Outcome("applied", applied=live, needs_restart=restart)
 
 
 def _usable_connections(

@@ -10,6 +10,7 @@ import pytest
 
 from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
 from proxy.config.changes import applied, changes, same_identity
+from proxy.core.listener_tls import ListenerTls
 from proxy.core.secret import Secret
 from proxy.inbound.policy import AdminAccess, Client
 from tests.conftest import connection_settings
@@ -93,3 +94,48 @@ def test_a_reload_runs_with_the_live_sections_of_the_file_and_the_rest_as_starte
     assert changes(running, new).live == ()
     kept = applied(BASE, new, connections=(CONNECTION,))
     assert kept.connections == (CONNECTION,)
+
+
+# --- the listener's TLS ---------------------------------------------------------------------
+
+_CERT, _KEY, _CA = Path("/tls/proxy.pem"), Path("/tls/proxy.key"), Path("/tls/ca.pem")
+_READ = (("tls_cert", "c1"), ("tls_key", "k1"))
+TLS = ListenerTls(_CERT, _KEY, contents=_READ)
+MTLS = ListenerTls(_CERT, _KEY, _CA, "required", contents=(*_READ, ("tls_client_ca", "a1")))
+
+
+def _tls(tls: ListenerTls | None, **fields: Any) -> Settings:
+    server = dataclasses.replace(BASE.server, tls=tls, **fields)
+    return dataclasses.replace(BASE, server=server)
+
+
+@pytest.mark.parametrize(("old", "new", "live", "restart"), [
+    pytest.param(TLS, TLS, (), (), id="same"),
+    pytest.param(TLS, dataclasses.replace(TLS, contents=(("tls_cert", "c2"), ("tls_key", "k2"))),
+                 ("server.tls_cert", "server.tls_key"), (), id="renewed-in-place"),
+    pytest.param(TLS, dataclasses.replace(TLS, cert=Path("/tls/new.pem")),
+                 ("server.tls_cert",), (), id="another-path"),
+    pytest.param(MTLS, dataclasses.replace(MTLS, contents=(*_READ, ("tls_client_ca", "a2"))),
+                 ("server.tls_client_ca",), (), id="new-client-cas"),
+    pytest.param(None, TLS, (), ("server.tls_cert", "server.tls_key"), id="tls-turned-on"),
+    pytest.param(TLS, None, (), ("server.tls_cert", "server.tls_key"), id="tls-turned-off"),
+    pytest.param(TLS, MTLS, (), ("server.tls_client_ca",), id="client-certificates-asked"),
+    pytest.param(MTLS, dataclasses.replace(MTLS, client_auth="optional",
+                                           contents=(("tls_cert", "c2"), *_READ[1:],
+                                                     ("tls_client_ca", "a1"))),
+                 (), ("server.tls_cert", "server.tls_client_auth"), id="mode-and-certificate"),
+])
+def test_what_a_reload_applies_of_the_listeners_tls(
+    old: ListenerTls | None, new: ListenerTls | None, live: tuple[str, ...],
+    restart: tuple[str, ...],
+) -> None:
+    found = changes(_tls(old), _tls(new))
+    assert (found.live, found.restart) == (live, restart)
+    running = applied(_tls(old), _tls(new))
+    assert running.server.tls == (new if live else old)  # all of it, or none of it
+    assert changes(running, _tls(new)).restart == restart
+
+
+def test_ops_tls_waits_for_a_restart() -> None:
+    found = changes(_tls(TLS), _tls(TLS, ops_tls=True))
+    assert (found.live, found.restart) == ((), ("server.ops_tls",))

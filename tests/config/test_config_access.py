@@ -78,7 +78,7 @@ def test_keys_may_be_references(tmp_path: Path) -> None:
     data = with_clients({"name": "a", "key_sha256": "file:key.sha256"},
                         {"name": "b", "key_sha256": "env:KEY_B"})
     clients = parse(data, base_dir=tmp_path, environ={"KEY_B": KEY_B}).clients
-    assert [c.key_sha256.hex() for c in clients] == [KEY_A, KEY_B]
+    assert [c.key_sha256 for c in clients] == [bytes.fromhex(KEY_A), bytes.fromhex(KEY_B)]
 
 
 def test_admin_and_audit(tmp_path: Path) -> None:
