@@ -147,6 +147,7 @@ class Bench:
         self, name: str, connections: Sequence[Conn], *, workers: int = 1,
         preload: str | None = None, expired: bool = False, root: Path = ROOT,
         env: Mapping[str, str] | None = None, extra: str = "",
+        server_extra: Sequence[str] = (), https: bool = False,
     ) -> tuple[Proc, Path]:
         """A proxy with a generated config; `preload`: tokens minted by that identity service."""
         directory = self.workdir / name
@@ -158,11 +159,12 @@ class Bench:
                 "expired": expired,
             })
         config = proxy_conf(directory / "config.toml", port=self.port(name), store=store,
-                            connections=connections, extra=extra)
+                            connections=connections, extra=extra, server_extra=server_extra)
         proc = self.procs.start(name, proxy_argv(config, workers=workers),
                                 env={**self.proxy_env, **(env or {}), "PYTHONPATH": str(root)},
                                 cwd=root)
-        await wait_http(self.url(name, "/_proxy/healthz"), proc=proc)
+        health = self.url(name, "/_proxy/healthz")
+        await wait_http(health.replace("http://", "https://") if https else health, proc=proc)
         return proc, config
 
 

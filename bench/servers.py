@@ -357,11 +357,13 @@ class Conn:
 
 def proxy_conf(
     path: Path, *, port: int, store: Path, connections: Sequence[Conn], extra: str = "",
+    server_extra: Sequence[str] = (),
 ) -> Path:
-    """`extra`: TOML appended as it is (a feature's tables, for bench/features.py)."""
+    """`extra`: TOML appended as it is, `server_extra`: lines of [server] (a feature's
+    settings, for bench/features.py)."""
     redirect = f"http://{HOST}:{port}/_proxy/callback"
     lines = [
-        "[server]", f'host = "{HOST}"', f"port = {port}",
+        "[server]", f'host = "{HOST}"', f"port = {port}", *server_extra,
         "[store]", f'path = "{store}"',
         "[session]", f'secret = "{SESSION_SECRET}"',
     ]
