@@ -23,7 +23,7 @@ from proxy.core import redact
 from proxy.core.secret import revealed_in
 from proxy.inbound.policy import bind_problem, exposure_warning, hash_key, new_key
 from proxy.oauth.protocol import GrantError
-from proxy.telemetry.logs import FORMATS, LEVELS, setup_logging
+from proxy.telemetry.logs import FORMATS, LEVELS, set_level, setup_logging
 from proxy.tokens.backends import open_store
 from proxy.tokens.health import DAY, warning_window
 from proxy.tokens.model import token_state
@@ -234,6 +234,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from proxy.server import inherited_sockets  # noqa: PLC0415 - keeps status light
     from proxy.workers import run_workers, serve  # noqa: PLC0415 - as above
 
+    set_level(settings.logs.level)  # the file's [logs] level wins over --log-level
     host = args.host or settings.server.host
     policy = settings.access_policy()
     refusal = bind_problem(host, policy)

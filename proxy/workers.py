@@ -32,7 +32,7 @@ from proxy.config import ConfigError, Settings
 from proxy.core import redact
 from proxy.core.listener_tls import ListenerCertificates
 from proxy.core.secret import revealed_in
-from proxy.telemetry.logs import setup_logging
+from proxy.telemetry.logs import set_level, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,7 @@ def _worker(args: _WorkerArgs) -> None:
             settings = reload_from()
         except ConfigError as error:
             log.warning("worker starts with the settings the supervisor read: %s", error)
+    set_level(settings.logs.level)
     redact.install(revealed_in(settings))  # as in the parent: secrets never reach the log
     try:
         code = serve(settings, host, port, reuse_port=True, reload_from=reload_from)

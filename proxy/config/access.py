@@ -18,8 +18,24 @@ from typing import Any, Final
 from proxy.config.problems import _Invalid
 from proxy.config.reader import _Reader
 from proxy.config.references import _Context
-from proxy.config.schema import AUDIT_OFF, AUDIT_STREAMS, AuditSettings, Settings
-from proxy.config.values import _array, _boolean, _count, _method, _path_pattern, _seconds, _text
+from proxy.config.schema import (
+    AUDIT_OFF,
+    AUDIT_STREAMS,
+    LOG_LEVELS,
+    AuditSettings,
+    LogSettings,
+    Settings,
+)
+from proxy.config.values import (
+    _array,
+    _boolean,
+    _count,
+    _method,
+    _one_of,
+    _path_pattern,
+    _seconds,
+    _text,
+)
 from proxy.inbound.certificates import canonical_subject
 from proxy.inbound.policy import (
     LOOPBACK,
@@ -98,7 +114,8 @@ def _connection_names(data: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _with_access(root: _Reader, settings: Settings, connections: frozenset[str]) -> Settings:
-    """`settings` with [[clients]], [admin] and [audit] read, and the listen address checked."""
+    """`settings` with [[clients]], [admin], [audit] and [logs] read, and the listen address
+    checked."""
     keys: dict[bytes, str] = {}  # key digest -> the dotted key that holds it first
     client_tables = root.array_of_tables("clients")
     tls = settings.server.tls
@@ -108,7 +125,12 @@ def _with_access(root: _Reader, settings: Settings, connections: frozenset[str])
     admin = _admin(admin_table, keys) if admin_table is not None else AdminAccess()
     audit_table = root.table("audit")
     audit = _audit(audit_table) if audit_table is not None else AuditSettings()
-    settings = replace(settings, clients=clients, admin=admin, audit=audit)
+    logs_table = root.table("logs")
+    logs = LogSettings()
+    if logs_table is not None:
+        logs = LogSettings(level=logs_table.optional("level", _one_of(*LOG_LEVELS)))
+        logs_table.finish()
+    settings = replace(settings, clients=clients, admin=admin, audit=audit, logs=logs)
     problem = bind_problem(settings.server.host, settings.access_policy())
     if problem is not None and not client_tables:  # broken clients are reported themselves
         root.problem(problem, "server", ".host")

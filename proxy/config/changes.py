@@ -2,14 +2,14 @@
 once, and which wait for a restart. Pure: two Settings in, two lists of keys out.
 
 Live: who may call what (`[[clients]]`, `[admin]`, `server.allow_anonymous`), what the audit
-line records (`[audit]`), the connections (added, removed, changed) and the listener's
-certificate, key and client CAs (`server.tls_cert`, `tls_key`, `tls_client_ca`: a path or a
-file's bytes). A restart: where the proxy listens (`server.host`, `server.port`, the ops
-listener, `server.ops_tls`), whether it listens with TLS, whether it asks for client
-certificates and how (`tls_client_ca` added or removed, `tls_client_auth`; with such a change
-the certificate waits for the restart too), the grace period it was started with, the token
-store and the session key. (A connection whose OAuth callback path the running
-proxy does not serve yet waits for a restart too: the reload decides that, proxy.ops.reload.)
+line records (`[audit]`), the log level (`[logs] level`), the connections (added, removed,
+changed) and the listener's certificate, key and client CAs (`server.tls_cert`, `tls_key`,
+`tls_client_ca`: a path or a file's bytes). A restart: where the proxy listens (`server.host`,
+`server.port`, the ops listener, `server.ops_tls`), whether it listens with TLS, whether it
+asks for client certificates and how (`tls_client_ca` added or removed, `tls_client_auth`; with
+such a change the certificate waits for the restart too), the grace period it was started with,
+the token store and the session key. (A connection whose OAuth callback path the running proxy
+does not serve yet waits for a restart too: the reload decides that, proxy.ops.reload.)
 
 A changed connection keeps its token manager, and so its token set and its refresher, when its
 identity (`same_identity`) is unchanged: no new login and no extra token call.
@@ -95,6 +95,7 @@ def changes(old: Settings, new: Settings) -> Changes:
     if old.admin != new.admin:
         live.append("admin")
     live += _changed_fields(old.audit, new.audit, "audit")
+    live += _changed_fields(old.logs, new.logs, "logs")
     return Changes(live=tuple(live), restart=tuple(restart))
 
 
@@ -107,4 +108,5 @@ def applied(running: Settings, new: Settings,
                                  tls=tls)
     return dataclasses.replace(
         running, server=server, clients=new.clients, admin=new.admin, audit=new.audit,
+        logs=new.logs,
         connections=new.connections if connections is None else connections)

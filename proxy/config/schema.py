@@ -153,6 +153,16 @@ class AuditSettings:
     include_query: bool = False  # query values are replaced by "_" unless this is set
 
 
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    # None: the level `--log-level` (or NMBRS_PROXY_LOG_LEVEL) gave; set, it wins, and a reload
+    # applies a change at once.
+    level: str | None = None
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -162,6 +172,7 @@ class Settings:
     clients: tuple[Client, ...] = ()
     admin: AdminAccess = field(default_factory=AdminAccess)
     audit: AuditSettings = field(default_factory=AuditSettings)
+    logs: LogSettings = field(default_factory=LogSettings)
 
     def access_policy(self) -> AccessPolicy:
         return AccessPolicy(

@@ -39,6 +39,7 @@ from proxy.ops.consent import callback_path
 from proxy.ops.responses import api_problem
 from proxy.ops.session import CONSENT
 from proxy.telemetry.audit import AUDITING
+from proxy.telemetry.logs import set_level
 from proxy.tokens.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ class Reloader:
             use_certificates()
         app[DOOR].door = door_for(running)
         app[QUOTAS].configure(running.clients)
+        if running.logs != state.settings.logs:
+            set_level(running.logs.level)
         state.use(running, connections)
         for connection in leaving:
             state.retire(connection)

@@ -288,9 +288,19 @@ def setup_logging(
     previous = root.level
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    _STARTED_LEVEL[0] = level
     writer.start()
     return LoggingSetup(handler=handler, writer=writer, output=output, format=chosen,
                         previous_level=previous)
+
+
+# The level the process was started with (--log-level), which `[logs] level` overrides.
+_STARTED_LEVEL: list[str] = ["info"]
+
+
+def set_level(level: str | None) -> None:
+    """The root level: `[logs] level` when the file sets it, else the one started with."""
+    logging.getLogger().setLevel(getattr(logging, (level or _STARTED_LEVEL[0]).upper()))
 
 
 def _isatty(stream: TextIO) -> bool:

@@ -10,6 +10,7 @@ import pytest
 
 from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
 from proxy.config.changes import applied, changes, same_identity
+from proxy.config.schema import LogSettings
 from proxy.core.listener_tls import ListenerTls
 from proxy.core.secret import Secret
 from proxy.inbound.policy import AdminAccess, Client
@@ -46,10 +47,12 @@ def _with(**fields: Any) -> Settings:
          ("connections.other",), ()),
         (_with(connections=(OTHER, CONNECTION)), ("connections",), ()),
         (_with(clients=(), server=ServerSettings(port=1)), ("clients",), ("server.port",)),
+        (_with(logs=LogSettings(level="debug")), ("logs.level",), ()),
     ],
     ids=["nothing", "clients-removed", "client-added", "admin", "audit-destination",
          "audit-query", "anonymous", "port", "listeners", "store", "session",
-         "connection-removed", "connection-changed", "connections-reordered", "both"],
+         "connection-removed", "connection-changed", "connections-reordered", "both",
+         "log-level"],
 )
 def test_what_a_reload_applies(new: Settings, live: tuple[str, ...],
                                restart: tuple[str, ...]) -> None:

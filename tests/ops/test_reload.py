@@ -7,6 +7,7 @@ import asyncio
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,28 @@ async def test_a_reload_switches_the_audit_log(start: Start, tmp_path: Path) -> 
     lines = [json.loads(line) for line in second.read_text().splitlines()]
     assert [line["path"] for line in lines if line["path"].startswith("/api")] == [
         "/api/two?page=3"]
+
+
+async def test_a_reload_sets_the_log_level(start: Start) -> None:
+    root = logging.getLogger()
+    before = root.level
+    try:
+        proxy = await start(("old", OLD_KEY))
+        proxy.write(("old", OLD_KEY), extra='[logs]\nlevel = "warning"')
+        status, outcome = await proxy.reload()
+        assert (status, outcome["applied"]) == (200, ["logs.level"])
+        assert root.level == logging.WARNING
+        proxy.write(("old", OLD_KEY), extra='[logs]\nlevel = "loud"')
+        status, outcome = await proxy.reload()
+        assert status == 422
+        assert any(error.startswith("logs.level: must be one of") for error in outcome["errors"])
+        assert root.level == logging.WARNING
+        proxy.write(("old", OLD_KEY))  # the key removed: the level the process started with
+        status, outcome = await proxy.reload()
+        assert (status, outcome["applied"]) == (200, ["logs.level"])
+        assert root.level == logging.INFO
+    finally:
+        root.setLevel(before)
 
 
 async def test_a_proxy_started_without_a_file_says_so(
