@@ -29,6 +29,7 @@ log = logging.getLogger("proxy.tokens.grants")
 
 Clock = Callable[[], float]
 _FORM = "application/x-www-form-urlencoded"
+_PROXY_AUTH_REQUIRED: Final = 407
 # How long a discovery document is used before it is read again.
 DISCOVERY_TTL_SECONDS: Final = 3600.0
 
@@ -121,7 +122,8 @@ class Discovery:
                 raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise GrantError("temporarily_unavailable", _describe(exc, "discovery")) from None
+            raise GrantError("temporarily_unavailable",
+                             _describe(exc, "discovery", self._reach.options(url))) from None
         if status != 200:
             raise GrantError(
                 "temporarily_unavailable" if status >= 500 else "invalid_discovery",
@@ -155,6 +157,7 @@ async def post(
     sent = {"Accept": "application/json", **headers}
     if form is not None:
         sent["Content-Type"] = _FORM
+    options = reach.options(url)
     try:
         async with session.post(
             url,
@@ -163,12 +166,18 @@ async def post(
             headers=sent,
             timeout=timeout,
             allow_redirects=False,
-            **reach.options(url),
+            **options,
         ) as response:
             raw = await response.read()
-            return Reply(response.status, _json(raw) if raw else None, response.headers.get("Date"))
+            status = response.status
+            date = response.headers.get("Date")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise GrantError("temporarily_unavailable", _describe(exc, what)) from None
+        raise GrantError("temporarily_unavailable", _describe(exc, what, options)) from None
+    if status == _PROXY_AUTH_REQUIRED and "proxy" in options:  # a plain URL, through a proxy
+        raise GrantError("temporarily_unavailable",
+                         f"the {what} could not be reached: the egress proxy "
+                         f"{options['proxy']} refused (407 Proxy Authentication Required)")
+    return Reply(status, _json(raw) if raw else None, date)
 
 
 def _json(raw: bytes) -> Any:
@@ -178,12 +187,15 @@ def _json(raw: bytes) -> Any:
         return None
 
 
-def _describe(exc: BaseException, what: str) -> str:
-    if isinstance(exc, TimeoutError):
-        return f"the {what} did not answer in time"
+def _describe(exc: BaseException, what: str, options: Mapping[str, Any]) -> str:
+    """What went wrong, naming the egress proxy (never its credentials) when one was used."""
+    proxy = options.get("proxy")
     if isinstance(exc, aiohttp.ClientHttpProxyError):
-        return (f"the {what} could not be reached: the egress proxy refused "
+        return (f"the {what} could not be reached: the egress proxy {proxy} refused "
                 f"({exc.status} {exc.message})")
     if isinstance(exc, aiohttp.ClientProxyConnectionError):
-        return f"the {what} could not be reached: no connection to the egress proxy"
+        return f"the {what} could not be reached: no connection to the egress proxy {proxy}"
+    if isinstance(exc, TimeoutError):
+        via = f" (through the egress proxy {proxy})" if proxy else ""
+        return f"the {what} did not answer in time{via}"
     return f"the {what} could not be reached ({type(exc).__name__})"

@@ -177,3 +177,27 @@ async def test_a_refusing_proxy_is_a_clear_problem(
     fixed = await make_proxy(plain_fake.connection(egress=with_password))
     assert (await fixed.get("/v1/items")).status == 200
     assert PASSWORD not in caplog.text
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tunnel"])
+async def test_a_token_call_the_proxy_refuses_names_the_proxy(
+    guarded_proxy: ForwardProxy, plain_fake: Fake, tls_fake: Fake, make_proxy: ProxyFactory,
+    ca: trustme.CA, tmp_path: Path, tls: bool, caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    fake = tls_fake if tls else plain_fake
+    without = parse_proxy_url(guarded_proxy.url.replace(f"legacy:{PASSWORD}@", ""))
+    connection = fake.connection(egress=EgressPolicy(http=without, https=without),
+                                 tls=_trusting(ca, tmp_path) if tls else OutboundTls())
+    proxy = await make_proxy(connection)
+    manager = proxy.app[PROXY_STATE].connections["items"].manager
+    await until(lambda: manager.status().last_error is not None)
+    response = await proxy.get("/v1/items")
+    assert response.status == 503
+    assert fake.sandbox.stats.token_requests.total() == 0
+    assert manager.status().last_error == "temporarily_unavailable"
+    named = f"the egress proxy http://127.0.0.1:{guarded_proxy.port} refused"
+    lines = [record.getMessage() for record in caplog.records if named in record.getMessage()]
+    assert lines, caplog.text
+    assert all("407" in line for line in lines)
+    assert PASSWORD not in caplog.text
