@@ -65,6 +65,8 @@ upgrade: $(STAMP)
 lock: $(STAMP)
 	$(COMPILE) pyproject.toml requirements/build.in --extra test --extra fast -o $(LOCK)
 	$(COMPILE) pyproject.toml requirements/build.in --extra fast -o requirements/runtime.lock
+	$(COMPILE) pyproject.toml requirements/build.in --extra fast --extra otel \
+	  -o requirements/runtime-otel.lock
 	$(COMPILE) bench/requirements.txt -o bench/requirements.lock
 
 # The suite against the newest releases, without touching the lock: an early warning of what

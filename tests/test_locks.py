@@ -19,6 +19,8 @@ from tests.locks import canonical, pins
 ROOT = Path(__file__).parents[1]
 TEST_LOCK = ROOT / "requirements" / "test.lock"
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.lock"
+# The image with traces exported: docker build --build-arg LOCK=runtime-otel.lock
+RUNTIME_OTEL_LOCK = ROOT / "requirements" / "runtime-otel.lock"
 BENCH_LOCK = ROOT / "bench" / "requirements.lock"
 
 
@@ -44,8 +46,9 @@ def _build_requirements() -> list[Requirement]:
 
 @pytest.mark.parametrize(
     ("lock", "extras"),
-    [(TEST_LOCK, ("test", "fast")), (RUNTIME_LOCK, ("fast",))],
-    ids=["test", "runtime"],
+    [(TEST_LOCK, ("test", "fast")), (RUNTIME_LOCK, ("fast",)),
+     (RUNTIME_OTEL_LOCK, ("fast", "otel"))],
+    ids=["test", "runtime", "runtime-otel"],
 )
 def test_a_lock_pins_every_requirement_within_its_bounds(lock: Path, extras: tuple[str, ...]
                                                          ) -> None:
@@ -60,14 +63,15 @@ def test_a_lock_pins_every_requirement_within_its_bounds(lock: Path, extras: tup
 def test_the_image_gets_the_versions_the_suite_tested() -> None:
     """The runtime lock is a subset of the test lock, version for version."""
     tested = pins(TEST_LOCK)
-    for name, version in pins(RUNTIME_LOCK).items():
-        assert tested.get(name) == version, (
-            f"{name}: runtime.lock has {version}, test.lock {tested.get(name)}")
+    for lock in (RUNTIME_LOCK, RUNTIME_OTEL_LOCK):
+        for name, version in pins(lock).items():
+            assert tested.get(name) == version, (
+                f"{name}: {lock.name} has {version}, test.lock {tested.get(name)}")
 
 
 def test_every_pin_carries_its_hashes() -> None:
     """pip installs the locks with --require-hashes: a pin without a hash would fail there."""
-    for lock in (TEST_LOCK, RUNTIME_LOCK, BENCH_LOCK):
+    for lock in (TEST_LOCK, RUNTIME_LOCK, RUNTIME_OTEL_LOCK, BENCH_LOCK):
         lines = lock.read_text().splitlines()
         pinned = [i for i, line in enumerate(lines) if line and line[0].isalnum()]
         assert len(pinned) >= 10, lock
