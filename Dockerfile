@@ -20,11 +20,8 @@ WORKDIR /opt/nmbrs-proxy
 # The exact versions CI tested, hashes checked (requirements/runtime.lock: the dependencies, the
 # fast extra with uvloop's event loop, which `serve` picks up by itself, and setuptools to build
 # the project), in a layer of their own that a code change does not rebuild.
-# `--build-arg LOCK=runtime-otel.lock` adds the OpenTelemetry SDK and OTLP exporter (the otel
-# extra), for an image that exports traces when the OTEL_* variables ask.
-ARG LOCK=runtime.lock
-COPY requirements/${LOCK} ./requirements/
-RUN pip install --require-hashes --no-deps -r requirements/${LOCK}
+COPY requirements/runtime.lock ./requirements/
+RUN pip install --require-hashes --no-deps -r requirements/runtime.lock
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 RUN pip install --no-deps --no-build-isolation . && rm -rf /opt/nmbrs-proxy/build

@@ -19,7 +19,7 @@ from tests.locks import canonical, pins
 ROOT = Path(__file__).parents[1]
 TEST_LOCK = ROOT / "requirements" / "test.lock"
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.lock"
-# The image with traces exported: docker build --build-arg LOCK=runtime-otel.lock
+# The runtime lock plus the otel extra, for an image that exports traces.
 RUNTIME_OTEL_LOCK = ROOT / "requirements" / "runtime-otel.lock"
 BENCH_LOCK = ROOT / "bench" / "requirements.lock"
 
