@@ -85,6 +85,18 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
     return body
 
 
+async def _change(request: web.Request) -> tuple[dict[str, Any], Connection] | web.Response:
+    """A change's body and its connection, or the problem that refuses it (as the page's
+    forms have `_form_and_connection`)."""
+    body = await _body(request)
+    if isinstance(body, web.Response):
+        return body
+    connection = _connection(request)
+    if isinstance(connection, web.Response):
+        return connection
+    return body, connection
+
+
 def _refused(refused: actions.Refused) -> web.Response:
     return api_problem(refused.status, refused.slug, refused.title, refused.detail)
 
@@ -103,12 +115,10 @@ async def show_connection(request: web.Request) -> web.Response:
 
 
 async def revoke(request: web.Request) -> web.Response:
-    body = await _body(request)
-    if isinstance(body, web.Response):
-        return body
-    connection = _connection(request)
-    if isinstance(connection, web.Response):
-        return connection
+    found = await _change(request)
+    if isinstance(found, web.Response):
+        return found
+    _, connection = found
     try:
         revoked = await actions.revoke(connection, by="admin API")
     except actions.Refused as refused:
@@ -118,12 +128,10 @@ async def revoke(request: web.Request) -> web.Response:
 
 
 async def reconnect(request: web.Request) -> web.Response:
-    body = await _body(request)
-    if isinstance(body, web.Response):
-        return body
-    connection = _connection(request)
-    if isinstance(connection, web.Response):
-        return connection
+    found = await _change(request)
+    if isinstance(found, web.Response):
+        return found
+    _, connection = found
     try:
         actions.check_reconnectable(connection)
     except actions.Refused as refused:
@@ -133,12 +141,10 @@ async def reconnect(request: web.Request) -> web.Response:
 
 
 async def replace_subscription_key(request: web.Request) -> web.Response:
-    body = await _body(request)
-    if isinstance(body, web.Response):
-        return body
-    connection = _connection(request)
-    if isinstance(connection, web.Response):
-        return connection
+    found = await _change(request)
+    if isinstance(found, web.Response):
+        return found
+    body, connection = found
     key = body.get("subscription_key")
     if not isinstance(key, str):
         return api_problem(400, "invalid-subscription-key", "No subscription key",
