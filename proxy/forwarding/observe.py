@@ -36,7 +36,7 @@ from proxy.telemetry import tracing
 from proxy.telemetry.audit import REQUEST_ID as REQUEST_ID_KEY
 from proxy.telemetry.audit import TRACE_ID as TRACE_ID_KEY
 from proxy.telemetry.audit import request_id as pick_request_id
-from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID, AccessRecord
+from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID, access_line
 from proxy.telemetry.metrics import Metrics
 from proxy.telemetry.tracing import Trace
 
@@ -190,19 +190,11 @@ def log_access(
     sent = observation.body_bytes
     if sent is None and response is not None and not response.prepared:
         sent = response.content_length  # a whole response, written after this middleware
-    record = AccessRecord(ACCESS_LOGGER, level, "%s %s %d", (request.method, path, status), {
-        "request_id": observation.request_id,
-        "trace_id": observation.trace.trace_id,
-        "remote": request.remote,
-        "method": request.method,
-        "path": path,
-        "status": status,
-        "duration_ms": round(seconds * 1000, 3),
-        "upstream_ms": round(observation.upstream_seconds * 1000, 3),
-        "connection": None if connection is None else connection.name,
-        "body_bytes": sent,
-    })
-    access_log.handle(record)
+    access_line(level, (  # in the order of ACCESS_FIELDS
+        observation.request_id, observation.trace.trace_id, request.remote, request.method,
+        path, status, round(seconds * 1000, 3), round(observation.upstream_seconds * 1000, 3),
+        None if connection is None else connection.name, sent,
+    ))
 
 
 def response_hook(traffic: Traffic) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:

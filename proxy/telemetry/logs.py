@@ -98,19 +98,51 @@ class AccessRecord(logging.LogRecord):
 
     def __init__(
         self, name: str, level: int, msg: str, args: tuple[object, ...],
-        fields: dict[str, Any],
+        fields: dict[str, Any], *, created: float | None = None,
     ) -> None:
         # No super().__init__(): skipping its work is the point (see the docstring).
         attributes = self.__dict__
         attributes.update(self._FIXED)
         attributes.update(fields)
-        created = time.time()
+        if created is None:
+            created = time.time()
         attributes.update(
             name=name, msg=msg, args=args, levelno=level,
             levelname=logging.getLevelName(level), created=created,
             msecs=(created - int(created)) * 1000,
             relativeCreated=(created - _LOGGING_STARTED) * 1000,
         )
+
+
+# The access line's fields, in the order they are written (`access_line` gets their values).
+ACCESS_FIELDS: Final = ("request_id", "trace_id", "remote", "method", "path", "status",
+                        "duration_ms", "upstream_ms", "connection", "body_bytes")
+_METHOD, _PATH, _STATUS = 3, 4, 5  # where the message's parts are in them
+
+
+def access_record(level: int, created: float, values: tuple[object, ...]) -> AccessRecord:
+    """The record of an access line: "GET /path 200", with ACCESS_FIELDS as extras."""
+    return AccessRecord(ACCESS_LOGGER, level, "%s %s %d",
+                        (values[_METHOD], values[_PATH], values[_STATUS]),
+                        dict(zip(ACCESS_FIELDS, values, strict=True)), created=created)
+
+
+_access_logger = logging.getLogger(ACCESS_LOGGER)
+
+
+def access_line(level: int, values: tuple[object, ...]) -> None:
+    """Log one request's access line (the caller checked the level).
+
+    With the queue of `setup_logging` the only way out, the values themselves are queued:
+    the record is made, filtered and formatted in the writer thread, so the event loop spends
+    a tuple and a `put` on the line. Anything else listening (a handler of the caller's own,
+    pytest's caplog) gets an ordinary record, handled here.
+    """
+    direct = _DIRECT[0]
+    if direct is not None and direct.alone():
+        direct.queue.put((level, time.time(), values))
+    else:
+        _access_logger.handle(access_record(level, time.time(), values))
 
 
 class JsonFormatter(logging.Formatter):
@@ -166,8 +198,7 @@ class _Enqueue(QueueHandler):
 
     _traceback = logging.Formatter()
 
-    def __init__(self, records: queue.SimpleQueue[logging.LogRecord],
-                 output: logging.Handler) -> None:
+    def __init__(self, records: queue.SimpleQueue[_Queued], output: logging.Handler) -> None:
         super().__init__(records)
         self.filters = output.filters  # the same list: see the class docstring
 
@@ -192,6 +223,30 @@ class _Enqueue(QueueHandler):
         return record
 
 
+# What the writer reads: records, and access lines as (level, created, values).
+_Queued = logging.LogRecord | tuple[int, float, tuple[object, ...]]
+
+
+class _Direct:
+    """The queue of `setup_logging`, and whether an access line may go onto it as it is."""
+
+    __slots__ = ("handler", "queue")
+
+    def __init__(self, handler: logging.Handler, records: queue.SimpleQueue[_Queued]) -> None:
+        self.handler = handler
+        self.queue = records
+
+    def alone(self) -> bool:
+        """Whether logging would hand an access record to this handler and no other."""
+        access, proxy, root = _access_logger, _access_logger.parent, logging.getLogger()
+        return (not access.handlers and not access.filters and access.propagate
+                and proxy is not None and not proxy.handlers and proxy.propagate
+                and len(root.handlers) == 1 and root.handlers[0] is self.handler)
+
+
+_DIRECT: list[_Direct | None] = [None]
+
+
 class _Writer(threading.Thread):
     """Writes the queued records in batches, a few times a second.
 
@@ -203,7 +258,7 @@ class _Writer(threading.Thread):
 
     def __init__(
         self,
-        records: queue.SimpleQueue[logging.LogRecord],
+        records: queue.SimpleQueue[_Queued],
         output: logging.Handler,
         stream: TextIO,
         interval: float,
@@ -228,9 +283,10 @@ class _Writer(threading.Thread):
         lines = []
         while True:
             try:
-                record = self._records.get_nowait()
+                item = self._records.get_nowait()
             except queue.Empty:
                 break
+            record = item if isinstance(item, logging.LogRecord) else access_record(*item)
             if record.levelno >= self._output.level and self._output.filter(record):
                 lines.append(self._output.format(record) + "\n")
         if lines:
@@ -255,6 +311,9 @@ class LoggingSetup:
         root = logging.getLogger()
         root.removeHandler(self.handler)
         root.setLevel(self.previous_level)
+        direct = _DIRECT[0]
+        if direct is not None and direct.handler is self.handler:
+            _DIRECT[0] = None
         self.writer.stop()
 
 
@@ -281,8 +340,9 @@ def setup_logging(
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    records: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
     handler = _Enqueue(records, output)
+    _DIRECT[0] = _Direct(handler, records)
     writer = _Writer(records, output, out, interval)
     root = logging.getLogger()
     previous = root.level

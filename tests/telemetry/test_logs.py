@@ -12,10 +12,13 @@ from typing import Any
 import pytest
 
 from proxy.telemetry.logs import (
+    ACCESS_FIELDS,
     CURRENT_REQUEST_ID,
     AccessRecord,
     JsonFormatter,
     TextFormatter,
+    access_line,
+    access_record,
     extras,
     resolve_format,
     setup_logging,
@@ -229,3 +232,66 @@ def test_a_filter_put_on_the_root_handler_runs_in_the_writer_thread() -> None:
         setup.close()
     assert threads == ["log-writer"]
     assert "where am I" in stream.getvalue()
+
+
+_ACCESS_VALUES = ("req-7", "0af7651916cd43dd8448eb211c80319c", "127.0.0.1", "GET",
+                  "/api/companies", 200, 1.25, 0.5, "nmbrs", 1024)
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_an_access_line_written_from_the_queue_is_the_line_of_its_record(
+    log_format: str,
+) -> None:
+    """The loop queues the values only; the writer makes the same line a record would give."""
+    stream = io.StringIO()
+    setup = setup_logging("info", log_format, stream=stream)
+    try:
+        access_line(logging.INFO, _ACCESS_VALUES)
+    finally:
+        setup.close()
+    written = stream.getvalue().splitlines()
+    assert len(written) == 1
+    expected = setup.output.format(access_record(logging.INFO, 0.0, _ACCESS_VALUES))
+    if log_format == "text":  # the same line but for its time, which comes first
+        assert written[0].split(" ", 1)[1] == expected.split(" ", 1)[1]
+    else:
+        assert json.loads(written[0]) | {"time": ""} == json.loads(expected) | {"time": ""}
+        entry = json.loads(written[0])
+        assert entry["message"] == "GET /api/companies 200"
+        assert [key for key in entry if key in ACCESS_FIELDS] == list(ACCESS_FIELDS)
+
+
+def test_an_access_line_passes_the_filters_in_the_writer_thread() -> None:
+    threads: list[str] = []
+
+    class Mask(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            threads.append(threading.current_thread().name)
+            record.path = "/masked"
+            return True
+
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream, filters=[Mask()])
+    try:
+        access_line(logging.INFO, _ACCESS_VALUES)
+    finally:
+        setup.close()
+    assert threads == ["log-writer"]
+    assert json.loads(stream.getvalue())["path"] == "/masked"
+
+
+def test_an_access_line_reaches_every_other_handler_as_a_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second listener (here pytest's) sees the line as an ordinary record, and so does ours."""
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream)
+    try:
+        with caplog.at_level(logging.INFO, logger="proxy.access"):
+            access_line(logging.INFO, _ACCESS_VALUES)
+    finally:
+        setup.close()
+    [captured] = [r for r in caplog.records if r.name == "proxy.access"]
+    assert captured.getMessage() == "GET /api/companies 200"
+    assert captured.status == 200  # type: ignore[attr-defined]
+    assert json.loads(stream.getvalue())["request_id"] == "req-7"
