@@ -55,6 +55,10 @@ LINGER_SECONDS: Final = 0.2
 _POLL_SECONDS: Final = 0.02
 # What aiohttp waits (twice) for a handler that outlived the grace period before cancelling it.
 _CUT_OFF_SECONDS: Final = 0.1
+# Connections the kernel holds for accept(): a burst of new clients larger than this waits out a
+# SYN retransmission (1 s) before its first request. asyncio's default is 100, aiohttp's 128;
+# nginx listens with 511. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG: Final = 1024
 
 
 def listen_fds(environ: Mapping[str, str], pid: int) -> int:
@@ -167,7 +171,7 @@ async def serve(
         if sockets
         # reuse_port: the workers of `serve --workers N` all bind the same port.
         else [web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
-                          ssl_context=context)]
+                          ssl_context=context, backlog=LISTEN_BACKLOG)]
     )
     try:
         for site in sites:
