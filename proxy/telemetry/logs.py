@@ -15,6 +15,7 @@ Fields given with `extra=` (request_id, connection, status, ...) become JSON key
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import queue
@@ -51,7 +52,10 @@ def resolve_format(requested: str, *, isatty: bool) -> str:
 
 
 def extras(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")}
+    attributes = vars(record)
+    if isinstance(record, AccessRecord):  # its fields are known: no walk over the others
+        return record.fields(attributes)
+    return {k: v for k, v in attributes.items() if k not in _STANDARD and not k.startswith("_")}
 
 
 class _Clock:
@@ -111,7 +115,18 @@ class AccessRecord(logging.LogRecord):
             levelname=logging.getLevelName(level), created=created,
             msecs=(created - int(created)) * 1000,
             relativeCreated=(created - _LOGGING_STARTED) * 1000,
+            _names=tuple(fields),
         )
+        attributes["_made"] = len(attributes) + 1  # what it holds before a filter adds to it
+
+    def fields(self, attributes: dict[str, Any]) -> dict[str, Any]:
+        """`extras()` of this record: its fields as they are now, then what filters added."""
+        out = {name: attributes[name] for name in attributes["_names"] if name in attributes}
+        made = attributes["_made"]
+        if len(attributes) > made:
+            added = itertools.islice(attributes.items(), made, None)
+            out.update((k, v) for k, v in added if k not in _STANDARD and not k.startswith("_"))
+        return out
 
 
 # The access line's fields, in the order they are written (`access_line` gets their values).

@@ -8,6 +8,7 @@ from multidict import CIMultiDict
 from proxy.forwarding.headers import (
     client_response_headers,
     connection_tokens,
+    dropped_with_connection,
     rewrite_location,
     upstream_request_headers,
 )
@@ -25,6 +26,27 @@ from proxy.forwarding.headers import (
 def test_connection_tokens(values: list[str], expected: set[str]) -> None:
     headers: CIMultiDict[str] = CIMultiDict([("Connection", v) for v in values])
     assert connection_tokens(headers) == expected
+
+
+@pytest.mark.parametrize(
+    "values", [[], ["close"], ["keep-alive, X-Foo"], ["a,,b ,", "C"], ["a", "b"], ["a, b"]],
+)
+def test_the_drop_set_of_a_connection_value_is_the_same_when_remembered(
+    values: list[str],
+) -> None:
+    headers: CIMultiDict[str] = CIMultiDict([("Connection", v) for v in values])
+    for base in (frozenset({"te"}), frozenset({"upgrade", "te"})):
+        expected = base | connection_tokens(headers)
+        assert dropped_with_connection(base, headers) == expected  # worked out
+        assert dropped_with_connection(base, headers) == expected  # remembered
+
+
+def test_many_connection_values_are_each_worked_out_right() -> None:
+    """Past the ones remembered, every value is still worked out (the cache is bounded)."""
+    base = frozenset({"te"})
+    for number in range(200):
+        headers: CIMultiDict[str] = CIMultiDict([("Connection", f"x-{number}")])
+        assert dropped_with_connection(base, headers) == {"te", f"x-{number}"}
 
 
 def _upstream(inbound: list[tuple[str, str]], **kwargs: object) -> CIMultiDict[str]:

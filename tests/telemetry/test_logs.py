@@ -107,6 +107,25 @@ def test_an_access_record_is_written_as_the_same_record_made_by_logging(
     assert extras(fast) == extras(made) == fields
 
 
+@pytest.mark.parametrize("change", [
+    {"worker": 4242},  # what a worker's filter adds
+    {"path": "/masked"},  # what redaction rewrites
+    {"worker": 1, "path": "/x", "_private": "never shown"},
+])
+def test_an_access_record_shows_what_filters_changed_or_added(change: dict[str, Any]) -> None:
+    made = logging.getLogger("proxy.access").makeRecord(
+        "proxy.access", logging.INFO, "", 0, "%s %s %d", ("GET", "/api", 200), None,
+        extra=_ACCESS_FIELDS)
+    fast = AccessRecord("proxy.access", logging.INFO, "%s %s %d", ("GET", "/api", 200),
+                        _ACCESS_FIELDS, created=made.created)
+    for record in (made, fast):
+        for key, value in change.items():
+            setattr(record, key, value)
+    assert extras(fast) == extras(made)
+    assert list(extras(fast)) == list(extras(made))  # the same order, so the same line
+    assert JsonFormatter().format(fast) == JsonFormatter().format(made)
+
+
 def test_an_access_record_serves_any_handler_format() -> None:
     fast = AccessRecord("proxy.access", logging.INFO, "%s", ("x",), {"status": 200})
     every = ("%(asctime)s %(msecs)d %(relativeCreated)d %(levelname)s %(levelno)s %(name)s "
