@@ -467,3 +467,34 @@ async def test_on_a_terminal_the_log_is_readable(
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 30) == 0
         os.close(leader)
+
+
+async def test_a_burst_of_new_connections_fits_in_the_listen_backlog(
+    slow_upstream: SlowUpstream, tmp_path: Path, processes: list[ProxyProcess]
+) -> None:
+    """300 clients connect while the proxy accepts nobody (it is stopped): the kernel holds
+    them all. With aiohttp's backlog of 128 the rest would wait out a SYN retransmission."""
+    port = free_port()
+    config = await write_config(tmp_path, slow_upstream.url, port=port, grace=1)
+    proxy = await start_proxy(config)
+    processes.append(proxy)
+    await proxy.wait_listening()
+
+    async def connect() -> bool:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 0.8)
+        except TimeoutError:
+            return False
+        opened.append(writer)
+        return True
+
+    opened: list[asyncio.StreamWriter] = []
+    proxy.process.send_signal(signal.SIGSTOP)
+    try:
+        connected = await asyncio.gather(*(connect() for _ in range(300)))
+    finally:
+        proxy.process.send_signal(signal.SIGCONT)
+        for writer in opened:
+            writer.close()
+    assert sum(connected) == 300
+    assert await proxy.stop() == 0
