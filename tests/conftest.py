@@ -34,6 +34,7 @@ from proxy.inbound.policy import PathPattern
 from proxy.oauth.token_set import TokenSet
 from proxy.server import ProxyRunner
 from proxy.tokens.store import FileStore
+from tests.forward_proxy import GUARDED_PASSWORD, GUARDED_USER, ForwardProxy
 from tests.leaks import LogCapture, find_leaks
 from tests.redis_server import RedisServer
 
@@ -365,6 +366,24 @@ async def nmbrs() -> AsyncIterator[RunningSandbox]:
 
 
 # --- a real Redis -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def forward_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
+    """A real tinyproxy that carries anything from loopback (tests/forward_proxy.py)."""
+    proxy = ForwardProxy(tmp_path / "open-proxy")
+    proxy.start()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def guarded_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
+    """A real tinyproxy that asks for GUARDED_USER and GUARDED_PASSWORD (Basic)."""
+    proxy = ForwardProxy(tmp_path / "guarded-proxy", user=GUARDED_USER, password=GUARDED_PASSWORD)
+    proxy.start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ import pytest
 from aiohttp.test_utils import unused_port
 
 _START_TIMEOUT_SECONDS = 10.0
+# The guarded proxy's credentials (the `guarded_proxy` fixture of tests/conftest.py).
+GUARDED_USER = "legacy"
+GUARDED_PASSWORD = "corp-proxy-password"
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 
 

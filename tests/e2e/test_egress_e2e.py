@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,11 +23,11 @@ from proxy.core.tls import OutboundTls
 from proxy.forwarding.state import PROXY_STATE
 from proxy.sandbox import ClientCredentialsSandbox, MachineClient, MachineSettings
 from tests.conftest import ProxyFactory, until
-from tests.forward_proxy import ForwardProxy
+from tests.forward_proxy import GUARDED_PASSWORD as PASSWORD
+from tests.forward_proxy import GUARDED_USER, ForwardProxy
 
 CLIENT = MachineClient(client_id="egress-client", client_secret="egress-secret",
                        auth_method="client_secret_basic", scopes=frozenset({"items.read"}))
-PASSWORD = "corp-proxy-password"
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +35,6 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def forward_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
-    proxy = ForwardProxy(tmp_path / "corp")
-    proxy.start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
-def guarded_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
-    proxy = ForwardProxy(tmp_path / "guarded", user="legacy", password=PASSWORD)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 class Fake:
@@ -160,7 +146,7 @@ async def test_a_refusing_proxy_is_a_clear_problem(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Wrong: the proxy wants credentials the configuration does not give it."""
-    without = parse_proxy_url(guarded_proxy.url.replace(f"legacy:{PASSWORD}@", ""))
+    without = parse_proxy_url(guarded_proxy.url.replace(f"{GUARDED_USER}:{PASSWORD}@", ""))
     egress = EgressPolicy(http=without, https=without, no_proxy=NoProxy.parse("localhost"))
     proxy = await make_proxy(plain_fake.connection(token_host="localhost", egress=egress))
     caplog.set_level(logging.WARNING)
@@ -186,7 +172,7 @@ async def test_a_token_call_the_proxy_refuses_names_the_proxy(
 ) -> None:
     caplog.set_level(logging.WARNING)
     fake = tls_fake if tls else plain_fake
-    without = parse_proxy_url(guarded_proxy.url.replace(f"legacy:{PASSWORD}@", ""))
+    without = parse_proxy_url(guarded_proxy.url.replace(f"{GUARDED_USER}:{PASSWORD}@", ""))
     connection = fake.connection(egress=EgressPolicy(http=without, https=without),
                                  tls=_trusting(ca, tmp_path) if tls else OutboundTls())
     proxy = await make_proxy(connection)

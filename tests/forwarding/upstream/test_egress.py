@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -27,10 +27,9 @@ from proxy.forwarding.upstream import (
     Route,
     UpstreamError,
 )
-from tests.forward_proxy import ForwardProxy
+from tests.forward_proxy import GUARDED_PASSWORD as PASSWORD
+from tests.forward_proxy import GUARDED_USER, ForwardProxy
 from tests.forwarding.upstream.servers import NO_HEADERS, TIMEOUTS, Upstream
-
-PASSWORD = "proxy-pass-word"
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +37,6 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
-@pytest.fixture
-def forward_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
-    proxy = ForwardProxy(tmp_path / "open")
-    proxy.start()
-    yield proxy
-    proxy.stop()
-
-
-@pytest.fixture
-def guarded_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
-    proxy = ForwardProxy(tmp_path / "guarded", user="legacy", password=PASSWORD)
-    proxy.start()
-    yield proxy
-    proxy.stop()
 
 
 async def _serve(upstream: Upstream, context: ssl.SSLContext | None = None) -> TestServer:
@@ -149,7 +134,7 @@ async def test_the_proxy_url_credentials_are_sent(
     try:
         assert await _get(pool, Route(origin, parse_proxy_url(guarded_proxy.url), context)) == 200
         without = Route(origin, parse_proxy_url(guarded_proxy.url.replace(
-            f"legacy:{PASSWORD}@", "")), context)
+            f"{GUARDED_USER}:{PASSWORD}@", "")), context)
         with pytest.raises(EgressProxyError, match="407") as refused:
             await _get(pool, without)
         errors = [refused.value]
