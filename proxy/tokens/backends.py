@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from proxy.config import StoreSettings
-from proxy.tokens.redis_store import RedisStore
 from proxy.tokens.seal import Sealer
 from proxy.tokens.store import FileStore, TokenStore
 
@@ -12,6 +11,9 @@ def open_store(settings: StoreSettings) -> TokenStore:
     """A store for `settings`; it connects lazily, so this never blocks or fails on I/O."""
     sealer = Sealer(settings.encryption_key)
     if settings.backend == "redis":
+        # Imported only for a Redis store: the client library is 10 MB of a process's memory.
+        from proxy.tokens.redis_store import RedisStore  # noqa: PLC0415
+
         assert settings.url is not None  # the configuration requires it
         return RedisStore.from_url(
             settings.url,
