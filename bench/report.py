@@ -20,8 +20,8 @@ MITM = "mitmproxy"
 DIRECT = "direct"
 FLOOR = "aiohttp-floor"  # a bare aiohttp app answering by itself: no proxying at all
 BEFORE = "before"  # nmbrs-proxy from another tree (--before), e.g. main without a change
-PROXY_ASYNCIO = "proxy-asyncio"  # nmbrs-proxy on asyncio's own event loop instead of uvloop's
-TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, PROXY_ASYNCIO, MITM)
+PROXY_UVLOOP = "proxy-uvloop"  # nmbrs-proxy on uvloop's event loop (NMBRS_PROXY_EVENT_LOOP=uvloop)
+TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, PROXY_UVLOOP, MITM)
 MB = 1024 * 1024
 
 
