@@ -368,22 +368,23 @@ async def nmbrs() -> AsyncIterator[RunningSandbox]:
 # --- a real Redis -------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def forward_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
-    """A real tinyproxy that carries anything from loopback (tests/forward_proxy.py)."""
-    proxy = ForwardProxy(tmp_path / "open-proxy")
+def _running(proxy: ForwardProxy) -> Iterator[ForwardProxy]:
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture
+def forward_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
+    """A real tinyproxy that carries anything from loopback (tests/forward_proxy.py)."""
+    yield from _running(ForwardProxy(tmp_path / "open-proxy"))
 
 
 @pytest.fixture
 def guarded_proxy(tmp_path: Path) -> Iterator[ForwardProxy]:
     """A real tinyproxy that asks for GUARDED_USER and GUARDED_PASSWORD (Basic)."""
-    proxy = ForwardProxy(tmp_path / "guarded-proxy", user=GUARDED_USER, password=GUARDED_PASSWORD)
-    proxy.start()
-    yield proxy
-    proxy.stop()
+    yield from _running(ForwardProxy(tmp_path / "guarded-proxy", user=GUARDED_USER,
+                                     password=GUARDED_PASSWORD))
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ a 401 (exchange.py) or a retryable answer (retry.py). Only answers the response 
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -70,9 +69,8 @@ async def forward_request(
             body = request.content.iter_chunked(CHUNK_SIZE)
 
     public_base = f"{request.scheme}://{request.host}{prefix.rstrip('/')}"
-    send = functools.partial(_send, request, state=state, observation=observation,
-                             connection=connection, target=connection.base_path + target,
-                             body=body)
+    send = _Sender(request, state, observation, connection=connection,
+                   target=connection.base_path + target, body=body).send
     replayable = body is None or isinstance(body, bytes)
     cache = connection.cache
     if cache is not None:
@@ -137,105 +135,95 @@ async def _through_cache(
     return web.Response(status=entry.status, headers=headers, body=entry.body)
 
 
-async def _send(
-    request: web.BaseRequest,
-    credentials: Mapping[str, str],
-    *,
-    state: ProxyState,
-    observation: Observation,
-    connection: Connection,
-    target: str,
-    body: Body,
-) -> upstream.Response:
-    """One attempt upstream (exchange.py makes them); a span of its own when exporting."""
-    trace = observation.trace
-    server = trace.server
-    if server is None:
-        return await _send_once(request, credentials, state=state, observation=observation,
-                                connection=connection, target=target, body=body,
-                                traceparent=trace.traceparent)
-    origin = connection.origin
-    attempt = server.attempt(
-        method=request.method, scheme=origin.scheme, host=origin.host, port=origin.port,
-        origin=f"{origin.scheme}://{origin.host_header}", path=split_target(target)[0],
-        connection=connection.name, resend_count=trace.attempts,
-    )
-    trace.attempts += 1
-    try:
-        response = await _send_once(request, credentials, state=state, observation=observation,
-                                    connection=connection, target=target, body=body,
-                                    traceparent=attempt.traceparent)
-    except BaseException as exc:
-        attempt.end(status=None, error=type(exc).__name__)
-        raise
-    attempt.end(status=response.status)
-    return response
+class _Sender:
+    """What every attempt of one request sends (exchange.py makes the attempts): the request,
+    where to, its body; each attempt brings its own credentials."""
 
+    __slots__ = ("body", "connection", "observation", "request", "state", "target")
 
-async def _send_once(
-    request: web.BaseRequest,
-    credentials: Mapping[str, str],
-    *,
-    state: ProxyState,
-    observation: Observation,
-    connection: Connection,
-    target: str,
-    body: Body,
-    traceparent: str,
-) -> upstream.Response:
-    headers = upstream_request_headers(
-        request.headers,
-        client_address=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        credentials=credentials,
-        defaults=connection.default_headers,
-        request_id=observation.request_id,
-        traceparent=traceparent,
-        keep_tracestate=observation.trace.keep_tracestate,
-    )
-    sent = time.perf_counter()
-    try:
-        response = await state.pool.request(
-            connection.route,
-            request.method,
-            target,
-            headers,
-            body,
-            connect_timeout=connection.settings.connect_timeout_seconds,
-            read_timeout=connection.settings.read_timeout_seconds,
+    def __init__(self, request: web.BaseRequest, state: ProxyState, observation: Observation,
+                 *, connection: Connection, target: str, body: Body) -> None:
+        self.request, self.state, self.observation = request, state, observation
+        self.connection, self.target, self.body = connection, target, body
+
+    async def send(self, credentials: Mapping[str, str]) -> upstream.Response:
+        """One attempt upstream; a span of its own when traces are exported."""
+        trace = self.observation.trace
+        server = trace.server
+        if server is None:
+            return await self._once(credentials, trace.traceparent)
+        origin = self.connection.origin
+        attempt = server.attempt(
+            method=self.request.method, scheme=origin.scheme, host=origin.host,
+            port=origin.port, origin=f"{origin.scheme}://{origin.host_header}",
+            path=split_target(self.target)[0], connection=self.connection.name,
+            resend_count=trace.attempts,
         )
-    except upstream.EgressProxyError as exc:
-        observation.upstream_seconds += time.perf_counter() - sent
-        log.warning("connection %s: %s", connection.name, exc)
-        error = GatewayTimeout if isinstance(exc, TimeoutError) else BadGateway
-        raise error(
-            f"the upstream of connection {connection.name!r} could not be reached: {exc}",
-            connection=connection.name,
-            unsent=True,
-        ) from None
-    except TimeoutError as exc:
-        observation.upstream_seconds += time.perf_counter() - sent
-        raise GatewayTimeout(
-            f"the upstream of connection {connection.name!r} did not answer in time",
-            connection=connection.name,
-            unsent=isinstance(exc, upstream.ConnectTimeout),
-        ) from None
-    except (upstream.UpstreamError, ValueError) as exc:
-        observation.upstream_seconds += time.perf_counter() - sent
-        raise BadGateway(
-            f"the upstream of connection {connection.name!r} could not be reached "
-            f"({type(exc).__name__})",
-            connection=connection.name,
-            unsent=isinstance(exc, upstream.ConnectError),
-        ) from None
-    waited = time.perf_counter() - sent
-    observation.upstream_seconds += waited
-    metrics = connection.metrics
-    metrics.upstream_latency.observe(waited)
-    if response.status == 429:
-        metrics.rate_limited.inc()
-    return response
+        trace.attempts += 1
+        try:
+            response = await self._once(credentials, attempt.traceparent)
+        except BaseException as exc:
+            attempt.end(status=None, error=type(exc).__name__)
+            raise
+        attempt.end(status=response.status)
+        return response
+
+    async def _once(self, credentials: Mapping[str, str], traceparent: str
+                    ) -> upstream.Response:
+        request, connection, observation = self.request, self.connection, self.observation
+        headers = upstream_request_headers(
+            request.headers,
+            client_address=request.remote,
+            scheme=request.scheme,
+            host=request.host,
+            credentials=credentials,
+            defaults=connection.default_headers,
+            request_id=observation.request_id,
+            traceparent=traceparent,
+            keep_tracestate=observation.trace.keep_tracestate,
+        )
+        sent = time.perf_counter()
+        try:
+            response = await self.state.pool.request(
+                connection.route,
+                request.method,
+                self.target,
+                headers,
+                self.body,
+                connect_timeout=connection.settings.connect_timeout_seconds,
+                read_timeout=connection.settings.read_timeout_seconds,
+            )
+        except upstream.EgressProxyError as exc:
+            observation.upstream_seconds += time.perf_counter() - sent
+            log.warning("connection %s: %s", connection.name, exc)
+            error = GatewayTimeout if isinstance(exc, TimeoutError) else BadGateway
+            raise error(
+                f"the upstream of connection {connection.name!r} could not be reached: {exc}",
+                connection=connection.name,
+                unsent=True,
+            ) from None
+        except TimeoutError as exc:
+            observation.upstream_seconds += time.perf_counter() - sent
+            raise GatewayTimeout(
+                f"the upstream of connection {connection.name!r} did not answer in time",
+                connection=connection.name,
+                unsent=isinstance(exc, upstream.ConnectTimeout),
+            ) from None
+        except (upstream.UpstreamError, ValueError) as exc:
+            observation.upstream_seconds += time.perf_counter() - sent
+            raise BadGateway(
+                f"the upstream of connection {connection.name!r} could not be reached "
+                f"({type(exc).__name__})",
+                connection=connection.name,
+                unsent=isinstance(exc, upstream.ConnectError),
+            ) from None
+        waited = time.perf_counter() - sent
+        observation.upstream_seconds += waited
+        metrics = connection.metrics
+        metrics.upstream_latency.observe(waited)
+        if response.status == 429:
+            metrics.rate_limited.inc()
+        return response
 
 
 async def _relay(
