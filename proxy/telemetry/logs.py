@@ -51,11 +51,15 @@ def resolve_format(requested: str, *, isatty: bool) -> str:
     return requested
 
 
+def _is_extra(name: str) -> bool:
+    """Whether a record's attribute came from `extra=` (or a filter), not from logging."""
+    return name not in _STANDARD and not name.startswith("_")
+
+
 def extras(record: logging.LogRecord) -> dict[str, Any]:
-    attributes = vars(record)
     if isinstance(record, AccessRecord):  # its fields are known: no walk over the others
-        return record.fields(attributes)
-    return {k: v for k, v in attributes.items() if k not in _STANDARD and not k.startswith("_")}
+        return record.fields()
+    return {k: v for k, v in vars(record).items() if _is_extra(k)}
 
 
 class _Clock:
@@ -119,13 +123,14 @@ class AccessRecord(logging.LogRecord):
         )
         attributes["_made"] = len(attributes) + 1  # what it holds before a filter adds to it
 
-    def fields(self, attributes: dict[str, Any]) -> dict[str, Any]:
+    def fields(self) -> dict[str, Any]:
         """`extras()` of this record: its fields as they are now, then what filters added."""
+        attributes = self.__dict__
         out = {name: attributes[name] for name in attributes["_names"] if name in attributes}
         made = attributes["_made"]
         if len(attributes) > made:
             added = itertools.islice(attributes.items(), made, None)
-            out.update((k, v) for k, v in added if k not in _STANDARD and not k.startswith("_"))
+            out.update((k, v) for k, v in added if _is_extra(k))
         return out
 
 
