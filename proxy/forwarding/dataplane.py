@@ -43,7 +43,8 @@ from proxy.inbound.access import DOOR, QUOTAS, AccessNote, Door, caller
 from proxy.inbound.policy import PROXY_PATH, check_forward, source_address
 from proxy.telemetry.audit import AUDITING, PROBLEM, audited
 from proxy.telemetry.audit import request_id as pick_request_id
-from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID
+from proxy.telemetry.logs import CURRENT_REQUEST_ID
+from proxy.telemetry.records import ACCESS_LOGGER
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 # Given the started application and its own handler, the listener's handler.

@@ -36,8 +36,9 @@ from proxy.telemetry import tracing
 from proxy.telemetry.audit import REQUEST_ID as REQUEST_ID_KEY
 from proxy.telemetry.audit import TRACE_ID as TRACE_ID_KEY
 from proxy.telemetry.audit import request_id as pick_request_id
-from proxy.telemetry.logs import ACCESS_LOGGER, CURRENT_REQUEST_ID, access_line
+from proxy.telemetry.logs import CURRENT_REQUEST_ID, access_line
 from proxy.telemetry.metrics import Metrics
+from proxy.telemetry.records import ACCESS_LOGGER
 from proxy.telemetry.tracing import Trace
 
 CLIENT_CLOSED_REQUEST: Final = 499  # nginx's code for "the client went away first"

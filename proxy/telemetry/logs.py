@@ -3,7 +3,9 @@
 `setup_logging()` puts one `QueueHandler` on the root logger. On the caller's thread (the event
 loop) a record only has its message merged and is queued; a writer thread applies the
 filters, formats and writes, in batches. So a slow stderr (a full pipe, a stalled log shipper)
-never stalls request handling, and a busy proxy does not wake a thread for every line.
+never stalls request handling, and a busy proxy does not wake a thread for every line. An
+access line is queued as its values, and written without a record when redaction leaves it
+as it is (proxy.telemetry.records).
 
 Filters that must see every record before it is written (redaction of secrets) are installed in
 one place: the `filters` argument, which ends up on the output handler, in the writer thread.
@@ -14,8 +16,8 @@ Fields given with `extra=` (request_id, connection, status, ...) become JSON key
 
 from __future__ import annotations
 
+import asyncio
 import copy
-import itertools
 import json
 import logging
 import queue
@@ -25,22 +27,23 @@ import time
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from logging.handlers import QueueHandler
 from typing import Any, Final, TextIO
 
-LEVELS: Final = ("debug", "info", "warning", "error")
-FORMATS: Final = ("auto", "json", "text")
-ACCESS_LOGGER: Final = "proxy.access"
-# The id of the request being handled; every record logged while handling it carries it.
-CURRENT_REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("request_id", default=None)
-
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD: Final = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", (), None)).keys()
-    | {"message", "asctime", "taskName"}
+from proxy.core.redact import RedactingFilter
+from proxy.telemetry.records import (
+    ACCESS_LOGGER,
+    access_json,
+    access_record,
+    encode_json,
+    extras,
+    utc_time,
 )
 
+LEVELS: Final = ("debug", "info", "warning", "error")
+FORMATS: Final = ("auto", "json", "text")
+# The id of the request being handled; every record logged while handling it carries it.
+CURRENT_REQUEST_ID: Final[ContextVar[str | None]] = ContextVar("request_id", default=None)
 
 def resolve_format(requested: str, *, isatty: bool) -> str:
     """"auto" means readable lines on a terminal and JSON lines anywhere else."""
@@ -51,116 +54,21 @@ def resolve_format(requested: str, *, isatty: bool) -> str:
     return requested
 
 
-def _is_extra(name: str) -> bool:
-    """Whether a record's attribute came from `extra=` (or a filter), not from logging."""
-    return name not in _STANDARD and not name.startswith("_")
-
-
-def extras(record: logging.LogRecord) -> dict[str, Any]:
-    if isinstance(record, AccessRecord):  # its fields are known: no walk over the others
-        return record.fields()
-    return {k: v for k, v in vars(record).items() if _is_extra(k)}
-
-
-class _Clock:
-    """Record times as ISO 8601 UTC with milliseconds; the seconds part is made once a second."""
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._prefix = ""
-
-    def __call__(self, created: float) -> str:
-        second = int(created)
-        if second != self._second:  # one thread (the listener) formats: no lock needed
-            moment = datetime.fromtimestamp(second, UTC)
-            self._prefix = moment.strftime("%Y-%m-%dT%H:%M:%S.")
-            self._second = second
-        return f"{self._prefix}{int((created - second) * 1000):03d}Z"
-
-
-_utc = _Clock()
-
-
-# json.dumps with these options builds a new encoder on every call; this one is made once.
-_encode_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
-
-
-_probe = logging.LogRecord("", 0, "", 0, "", (), None)
-# When the logging module was loaded: what relativeCreated counts from.
-_LOGGING_STARTED: Final = _probe.created - _probe.relativeCreated / 1000
-
-
-class AccessRecord(logging.LogRecord):
-    """A log record made for the access line, which is written once per request.
-
-    `logging.LogRecord()` works out the caller's file, module, thread and process, which
-    nobody reads on this line; here they are fixed values and only what varies is worked
-    out, for a third of the cost. Handlers see an ordinary LogRecord.
-    """
-
-    _FIXED: Final[dict[str, Any]] = {
-        "pathname": "", "filename": "", "module": "", "lineno": 0, "funcName": None,
-        "exc_info": None, "exc_text": None, "stack_info": None, "thread": None,
-        "threadName": None, "process": None, "processName": None, "taskName": None,
-    }
-
-    def __init__(
-        self, name: str, level: int, msg: str, args: tuple[object, ...],
-        fields: dict[str, Any], *, created: float | None = None,
-    ) -> None:
-        # No super().__init__(): skipping its work is the point (see the docstring).
-        attributes = self.__dict__
-        attributes.update(self._FIXED)
-        attributes.update(fields)
-        if created is None:
-            created = time.time()
-        attributes.update(
-            name=name, msg=msg, args=args, levelno=level,
-            levelname=logging.getLevelName(level), created=created,
-            msecs=(created - int(created)) * 1000,
-            relativeCreated=(created - _LOGGING_STARTED) * 1000,
-            _names=tuple(fields),
-        )
-        attributes["_made"] = len(attributes) + 1  # what it holds before a filter adds to it
-
-    def fields(self) -> dict[str, Any]:
-        """`extras()` of this record: its fields as they are now, then what filters added."""
-        attributes = self.__dict__
-        out = {name: attributes[name] for name in attributes["_names"] if name in attributes}
-        made = attributes["_made"]
-        if len(attributes) > made:
-            added = itertools.islice(attributes.items(), made, None)
-            out.update((k, v) for k, v in added if _is_extra(k))
-        return out
-
-
-# The access line's fields, in the order they are written (`access_line` gets their values).
-ACCESS_FIELDS: Final = ("request_id", "trace_id", "remote", "method", "path", "status",
-                        "duration_ms", "upstream_ms", "connection", "body_bytes")
-_METHOD, _PATH, _STATUS = 3, 4, 5  # where the message's parts are in them
-
-
-def access_record(level: int, created: float, values: tuple[object, ...]) -> AccessRecord:
-    """The record of an access line: "GET /path 200", with ACCESS_FIELDS as extras."""
-    return AccessRecord(ACCESS_LOGGER, level, "%s %s %d",
-                        (values[_METHOD], values[_PATH], values[_STATUS]),
-                        dict(zip(ACCESS_FIELDS, values, strict=True)), created=created)
-
-
 _access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
 def access_line(level: int, values: tuple[object, ...]) -> None:
-    """Log one request's access line (the caller checked the level).
+    """Log one request's access line (the caller checked the level), on the event loop's thread.
 
-    With the queue of `setup_logging` the only way out, the values themselves are queued:
-    the record is made, filtered and formatted in the writer thread, so the event loop spends
-    a tuple and a `put` on the line. Anything else listening (a handler of the caller's own,
-    pytest's caplog) gets an ordinary record, handled here.
+    With the queue of `setup_logging` the only way out, the values themselves are queued, in
+    one batch per turn of the event loop: the record is made, filtered and formatted in the
+    writer thread, so the loop spends a tuple and an append on the line. Anything else
+    listening (a handler of the caller's own, pytest's caplog) gets an ordinary record,
+    handled here.
     """
     direct = _DIRECT[0]
     if direct is not None and direct.alone():
-        direct.queue.put((level, time.time(), values))
+        direct.add((level, time.time(), values))
     else:
         _access_logger.handle(access_record(level, time.time(), values))
 
@@ -170,7 +78,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": _utc(record.created),
+            "time": utc_time(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -181,14 +89,15 @@ class JsonFormatter(logging.Formatter):
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:
             entry["exc"] = record.exc_text
-        return _encode_json(entry)
+        return encode_json(entry)
 
 
 class TextFormatter(logging.Formatter):
     """`2026-11-23T09:38:02.123Z INFO    proxy.access: GET /api/x 200 key=value ...`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_utc(record.created)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        line = (f"{utc_time(record.created)} {record.levelname:<7} {record.name}: "
+                f"{record.getMessage()}")
         fields = extras(record)
         if fields:
             line += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
@@ -244,24 +153,57 @@ class _Enqueue(QueueHandler):
 
 
 # What the writer reads: records, and access lines as (level, created, values).
-_Queued = logging.LogRecord | tuple[int, float, tuple[object, ...]]
+_Access = tuple[int, float, tuple[object, ...]]
+_Queued = logging.LogRecord | list[_Access]
+# Access lines handed to the writer at once, at the latest (see `_Direct.add`).
+_BATCH_LIMIT: Final = 1024
 
 
 class _Direct:
-    """The queue of `setup_logging`, and whether an access line may go onto it as it is."""
+    """The queue of `setup_logging`, and whether an access line may go onto it as it is.
 
-    __slots__ = ("handler", "queue")
+    Access lines cross to the writer in batches: a `put` per line, with the writer taking
+    them off, cost the event loop's thread more than the rest of the line (about 15 us per
+    request at c=64, BENCHMARKS.md); a list per turn of the loop costs a fraction of that.
+    """
+
+    __slots__ = ("batch", "handler", "queue")
 
     def __init__(self, handler: logging.Handler, records: queue.SimpleQueue[_Queued]) -> None:
         self.handler = handler
         self.queue = records
+        self.batch: list[_Access] = []
+
+    def add(self, line: _Access) -> None:
+        """Batch the line; the batch goes to the writer once the loop's turn is over (or at
+        once with no loop running, or when it is full)."""
+        batch = self.batch
+        batch.append(line)
+        if len(batch) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self.hand_over)
+            except RuntimeError:  # no event loop on this thread
+                self.hand_over()
+        elif len(batch) >= _BATCH_LIMIT:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        batch, self.batch = self.batch, []
+        if batch:
+            self.queue.put(batch)
 
     def alone(self) -> bool:
-        """Whether logging would hand an access record to this handler and no other."""
-        access, proxy, root = _access_logger, _access_logger.parent, logging.getLogger()
-        return (not access.handlers and not access.filters and access.propagate
-                and proxy is not None and not proxy.handlers and proxy.propagate
-                and len(root.handlers) == 1 and root.handlers[0] is self.handler)
+        """Whether logging would hand an access record to this handler and no other: no
+        handler on the way up to the root (whichever loggers exist between), and this one the
+        root's only handler."""
+        logger = _access_logger
+        if logger.filters or logger.disabled:
+            return False
+        while logger.parent is not None:
+            if logger.handlers or not logger.propagate:
+                return False
+            logger = logger.parent
+        return len(logger.handlers) == 1 and logger.handlers[0] is self.handler
 
 
 _DIRECT: list[_Direct | None] = [None]
@@ -299,22 +241,44 @@ class _Writer(threading.Thread):
         self._done.set()
         self.join()
 
+    def _redactors(self) -> list[RedactingFilter] | None:
+        """The output's filters when an access line may skip its record (`access_json`):
+        JSON lines, and nothing but redaction to pass."""
+        if type(self._output.formatter) is not JsonFormatter:
+            return None
+        redactors = [f for f in self._output.filters if type(f) is RedactingFilter]
+        return redactors if len(redactors) == len(self._output.filters) else None
+
     def write_pending(self) -> None:
-        lines = []
+        lines: list[str] = []
+        redactors = self._redactors()
         while True:
             try:
                 item = self._records.get_nowait()
             except queue.Empty:
                 break
-            record = item if isinstance(item, logging.LogRecord) else access_record(*item)
-            if record.levelno >= self._output.level and self._output.filter(record):
-                lines.append(self._output.format(record) + "\n")
+            if isinstance(item, logging.LogRecord):
+                self._write(item, lines)
+                continue
+            for level, created, values in item:
+                line = None
+                if redactors is not None and level >= self._output.level:
+                    line = access_json(level, created, values, redactors)
+                if line is None:
+                    self._write(access_record(level, created, values), lines)
+                else:
+                    lines.append(line + "\n")
         if lines:
             try:
                 self._stream.write("".join(lines))
                 self._stream.flush()
             except (OSError, ValueError):  # stderr closed or gone: nowhere left to tell
                 pass
+
+    def _write(self, record: logging.LogRecord, lines: list[str]) -> None:
+        output = self._output
+        if record.levelno >= output.level and output.filter(record):
+            lines.append(output.format(record) + "\n")
 
 
 @dataclass
@@ -334,6 +298,7 @@ class LoggingSetup:
         direct = _DIRECT[0]
         if direct is not None and direct.handler is self.handler:
             _DIRECT[0] = None
+            direct.hand_over()  # the lines of the loop's last turn, if it ended before that
         self.writer.stop()
 
 

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from proxy.telemetry import logs
 from proxy.telemetry.logs import (
-    ACCESS_FIELDS,
     CURRENT_REQUEST_ID,
-    AccessRecord,
     JsonFormatter,
     TextFormatter,
     access_line,
-    access_record,
-    extras,
     resolve_format,
     setup_logging,
 )
+from proxy.telemetry.records import ACCESS_FIELDS, AccessRecord, access_record, extras
 
 
 def record(msg: str = "hello %s", *args: object, **extra: Any) -> logging.LogRecord:
@@ -314,3 +315,121 @@ def test_an_access_line_reaches_every_other_handler_as_a_record(
     assert captured.getMessage() == "GET /api/companies 200"
     assert captured.status == 200  # type: ignore[attr-defined]
     assert json.loads(stream.getvalue())["request_id"] == "req-7"
+
+
+@contextlib.contextmanager
+def only_ours() -> Iterator[None]:
+    """The root logger without pytest's capturing handlers, so that access lines take the
+    way they take in `serve`: straight to the writer (see `_Direct.alone`)."""
+    root = logging.getLogger()
+    others = root.handlers[:]
+    for handler in others:
+        root.removeHandler(handler)
+    try:
+        yield
+    finally:
+        for handler in others:
+            root.addHandler(handler)
+
+
+@only_ours()
+def test_access_lines_of_one_turn_of_the_loop_reach_the_writer_together_in_order() -> None:
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream, interval=3600)  # written on demand
+
+    async def turn() -> tuple[str, str]:
+        for index in range(5):
+            access_line(logging.INFO, (f"req-{index}", *_ACCESS_VALUES[1:]))
+        setup.writer.write_pending()
+        during = stream.getvalue()  # nothing yet: the batch goes when the turn is over
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        setup.writer.write_pending()
+        return during, stream.getvalue()
+
+    try:
+        during, after = asyncio.run(turn())
+    finally:
+        setup.close()
+    assert during == ""
+    assert [json.loads(line)["request_id"] for line in after.splitlines()] == [
+        f"req-{index}" for index in range(5)]
+
+
+@only_ours()
+def test_a_full_batch_goes_to_the_writer_before_the_turn_is_over() -> None:
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream, interval=3600)
+
+    async def busy_turn() -> int:
+        for _ in range(1500):
+            access_line(logging.INFO, _ACCESS_VALUES)
+        setup.writer.write_pending()
+        return len(stream.getvalue().splitlines())
+
+    try:
+        written_during_the_turn = asyncio.run(busy_turn())
+    finally:
+        setup.close()
+    assert written_during_the_turn == 1024
+    assert len(stream.getvalue().splitlines()) == 1500
+
+
+@only_ours()
+def test_the_lines_of_a_last_turn_are_written_when_logging_closes() -> None:
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream, interval=3600)
+    loop = asyncio.new_event_loop()
+
+    async def last_words() -> None:
+        access_line(logging.INFO, _ACCESS_VALUES)
+
+    try:
+        loop.run_until_complete(last_words())
+    finally:
+        loop.close()  # whatever the loop still had to run is dropped
+        setup.close()
+    assert json.loads(stream.getvalue())["request_id"] == "req-7"
+
+
+@only_ours()
+def test_an_access_line_without_an_event_loop_goes_to_the_writer_at_once() -> None:
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream, interval=3600)
+    try:
+        access_line(logging.INFO, _ACCESS_VALUES)
+        setup.writer.write_pending()
+        assert json.loads(stream.getvalue())["request_id"] == "req-7"
+    finally:
+        setup.close()
+
+
+@pytest.mark.parametrize(("change", "direct"), [
+    ("nothing", True),
+    ("a proxy logger", True),  # `logging.getLogger("proxy")` made: the access logger's parent
+    ("a handler on the proxy logger", False),
+    ("a handler on the access logger", False),
+    ("a filter on the access logger", False),
+    ("the access logger not propagating", False),
+])
+@only_ours()
+def test_access_lines_go_straight_to_the_writer_only_when_nothing_else_would_see_them(
+    change: str, direct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    access, proxy_logger = logging.getLogger("proxy.access"), logging.getLogger("proxy")
+    if change == "a handler on the proxy logger":
+        monkeypatch.setattr(proxy_logger, "handlers", [logging.NullHandler()])
+    elif change == "a handler on the access logger":
+        monkeypatch.setattr(access, "handlers", [logging.NullHandler()])
+    elif change == "a filter on the access logger":
+        monkeypatch.setattr(access, "filters", [logging.Filter("nobody")])
+    elif change == "the access logger not propagating":
+        monkeypatch.setattr(access, "propagate", False)
+    elif change == "nothing":
+        monkeypatch.setattr(access, "parent", logging.getLogger())  # no proxy logger between
+    setup = setup_logging("info", "json", stream=io.StringIO(), interval=3600)
+    try:
+        assert logs._DIRECT[0] is not None
+        assert logs._DIRECT[0].alone() is direct
+    finally:
+        setup.close()
