@@ -3,6 +3,10 @@
     python bench/layers.py VARIANT CONFIG PORT
 
 VARIANT is one of:
+  lean            the floor of the design: aiohttp's low-level server (as the data plane
+                  runs on) handing every forwarded request to a handler that only sends it on
+                  through the same upstream client with the token and key added, and answers
+                  with the body: no rules, no request id, no metrics, no access line
   full            the proxy as `serve` runs it: its data plane forwards the requests, JSON logs
                   at info level, one access line per request, every line through the redaction
                   filter
@@ -34,13 +38,14 @@ from proxy import app as composition
 from proxy.config import load
 from proxy.core import redact
 from proxy.core.secret import revealed_in
+from proxy.forwarding.dataplane import DATA_PLANE, Handler
 from proxy.forwarding.forward import forward
-from proxy.forwarding.state import PROXY_STATE
+from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.server import ProxyRunner
 from proxy.telemetry.logs import setup_logging
 from proxy.workers import new_event_loop
 
-VARIANTS = ("full", "app", "no-access-line", "no-audit", "no-access", "bare", "minimal")
+VARIANTS = ("lean", "full", "app", "no-access-line", "no-audit", "no-access", "bare", "minimal")
 _DROPPED = {"no-audit": {"audit"}, "no-access": {"audit", "access"},
             "bare": {"audit", "access", "problems"}, "minimal": {"audit", "access", "problems"}}
 
@@ -54,32 +59,50 @@ def build(variant: str, config: Path) -> web.Application:
     dropped = _DROPPED.get(variant, set())
     kept = [m for m in app.middlewares if getattr(m, "__name__", "") not in dropped]
     app._middlewares = type(app.middlewares)(kept)  # noqa: SLF001 - a measuring variant
-    if variant == "minimal":
-        connection = settings.connections[0]
-        fixed = CIMultiDict([("Accept", "application/json"),
-                             ("X-Subscription-Key", "demo-subscription-key")])
-
-        async def minimal(request: web.Request) -> web.StreamResponse:
-            state = request.app[PROXY_STATE]
-            conn = state.connections[connection.name]
-            headers = CIMultiDict(fixed)
-            headers["Authorization"] = f"Bearer {await conn.manager.bearer()}"
-            answer = await state.pool.request(
-                conn.origin, request.method, request.raw_path, headers, None,
-                connect_timeout=5, read_timeout=5)
-            try:
-                body = answer.buffered()
-                if body is None:
-                    body = await answer.read()
-            finally:
-                answer.release()
-            return web.Response(body=body, status=answer.status,
-                                content_type=answer.headers.get("Content-Type"))
-
-        for route in app.router.routes():
-            if route.handler is forward:
-                route._handler = minimal  # noqa: SLF001 - a measuring variant
+    if variant in {"minimal", "lean"}:
+        _send_on_only(app, settings.connections[0].name, lean=variant == "lean")
     return app
+
+
+def _send_on_only(app: web.Application, name: str, *, lean: bool) -> None:
+    """`minimal` and `lean`: forwarded requests only sent on, through the router or not."""
+    fixed = CIMultiDict([("Accept", "application/json"),
+                         ("X-Subscription-Key", "demo-subscription-key")])
+
+    async def send_on(request: web.BaseRequest, state: ProxyState) -> web.StreamResponse:
+        conn = state.connections[name]
+        headers = CIMultiDict(fixed)
+        headers["Authorization"] = f"Bearer {await conn.manager.bearer()}"
+        answer = await state.pool.request(
+            conn.origin, request.method, request.raw_path, headers, None,
+            connect_timeout=5, read_timeout=5)
+        try:
+            body = answer.buffered()
+            if body is None:
+                body = await answer.read()
+        finally:
+            answer.release()
+        return web.Response(body=body, status=answer.status,
+                            content_type=answer.headers.get("Content-Type"))
+
+    async def minimal(request: web.Request) -> web.StreamResponse:
+        return await send_on(request, request.app[PROXY_STATE])
+
+    def serve_lean(started: web.Application, app_handler: Handler) -> Handler:
+        state = started[PROXY_STATE]
+
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            if request.path.startswith("/_proxy/"):  # the bench's health check
+                return await app_handler(request)
+            return await send_on(request, state)
+
+        return handle
+
+    if lean:
+        app[DATA_PLANE] = serve_lean
+    for route in app.router.routes():
+        if route.handler is forward:
+            route._handler = minimal  # noqa: SLF001 - a measuring variant
 
 
 async def serve_full(app: web.Application, port: int) -> None:
@@ -99,7 +122,7 @@ if __name__ == "__main__":
         raise SystemExit(f"unknown variant {variant!r}: one of {', '.join(VARIANTS)}")
     logs = setup_logging("info", "json")  # as `serve` logs, to stderr (the bench's log file)
     try:
-        if variant == "full":
+        if variant in {"full", "lean"}:
             with asyncio.Runner(loop_factory=new_event_loop) as loop_runner:
                 loop_runner.run(serve_full(build(variant, config), port))
         else:

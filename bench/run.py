@@ -536,8 +536,8 @@ async def expiry(bench: Bench) -> dict[str, Any]:
 # --- layers -------------------------------------------------------------------------------
 
 
-LAYER_VARIANTS: Final = ("minimal", "bare", "no-access", "no-audit", "no-access-line", "app",
-                          "full")
+LAYER_VARIANTS: Final = ("lean", "minimal", "bare", "no-access", "no-audit", "no-access-line",
+                          "app", "full")
 
 
 async def layers(bench: Bench) -> dict[str, Any]:
