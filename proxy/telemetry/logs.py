@@ -167,28 +167,35 @@ class _Direct:
     request at c=64, BENCHMARKS.md); a list per turn of the loop costs a fraction of that.
     """
 
-    __slots__ = ("batch", "handler", "queue")
+    __slots__ = ("_handing_on", "batch", "handler", "queue")
 
     def __init__(self, handler: logging.Handler, records: queue.SimpleQueue[_Queued]) -> None:
         self.handler = handler
         self.queue = records
         self.batch: list[_Access] = []
+        self._handing_on: asyncio.AbstractEventLoop | None = None  # the loop that hands it
 
     def add(self, line: _Access) -> None:
         """Batch the line; the batch goes to the writer once the loop's turn is over (or at
-        once with no loop running, or when it is full)."""
+        once with no loop running, or when it is full, or when the loop that was to hand it
+        over has closed first)."""
         batch = self.batch
         batch.append(line)
         if len(batch) == 1:
             try:
-                asyncio.get_running_loop().call_soon(self.hand_over)
+                loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop on this thread
                 self.hand_over()
-        elif len(batch) >= _BATCH_LIMIT:
+                return
+            self._handing_on = loop
+            loop.call_soon(self.hand_over)
+        elif len(batch) >= _BATCH_LIMIT or (
+                self._handing_on is not None and self._handing_on.is_closed()):
             self.hand_over()
 
     def hand_over(self) -> None:
         batch, self.batch = self.batch, []
+        self._handing_on = None
         if batch:
             self.queue.put(batch)
 

@@ -381,11 +381,13 @@ def test_the_lines_of_a_last_turn_are_written_when_logging_closes() -> None:
     setup = setup_logging("info", "json", stream=stream, interval=3600)
     loop = asyncio.new_event_loop()
 
-    async def last_words() -> None:
+    def last_turn() -> None:
         access_line(logging.INFO, _ACCESS_VALUES)
+        loop.stop()  # the loop stops at the end of this turn, before the hand-over
 
     try:
-        loop.run_until_complete(last_words())
+        loop.call_soon(last_turn)
+        loop.run_forever()
     finally:
         loop.close()  # whatever the loop still had to run is dropped
         setup.close()
@@ -433,3 +435,33 @@ def test_access_lines_go_straight_to_the_writer_only_when_nothing_else_would_see
         assert logs._DIRECT[0].alone() is direct
     finally:
         setup.close()
+
+
+@only_ours()
+def test_lines_after_a_loop_that_closed_before_its_last_turn_are_not_held_back() -> None:
+    stream = io.StringIO()
+    setup = setup_logging("info", "json", stream=stream, interval=3600)
+
+    async def log_and_turn(request_id: str) -> None:
+        access_line(logging.INFO, (request_id, *_ACCESS_VALUES[1:]))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    try:
+        first = asyncio.new_event_loop()
+
+        def last_turn() -> None:
+            access_line(logging.INFO, ("req-1", *_ACCESS_VALUES[1:]))
+            first.stop()  # the loop stops at the end of this turn, before the hand-over
+
+        try:
+            first.call_soon(last_turn)
+            first.run_forever()
+        finally:
+            first.close()
+        asyncio.run(log_and_turn("req-2"))
+        setup.writer.write_pending()
+        written = [json.loads(line)["request_id"] for line in stream.getvalue().splitlines()]
+    finally:
+        setup.close()
+    assert written == ["req-1", "req-2"]
