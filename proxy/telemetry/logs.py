@@ -152,7 +152,7 @@ class _Enqueue(QueueHandler):
         return record
 
 
-# What the writer reads: records, and access lines as (level, created, values).
+# What the writer reads: records, and batches of access lines, each (level, created, values).
 _Access = tuple[int, float, tuple[object, ...]]
 _Queued = logging.LogRecord | list[_Access]
 # Access lines handed to the writer at once, at the latest (see `_Direct.add`).
