@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import trustme
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
@@ -372,6 +373,12 @@ def _running(proxy: ForwardProxy) -> Iterator[ForwardProxy]:
     proxy.start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A private CA, one per test module (the TLS and egress tests)."""
+    return trustme.CA()
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ import aiohttp
 import trustme
 from cryptography import x509
 
+from proxy.core.tls import OutboundTls
+
 
 def der(leaf: trustme.LeafCert) -> bytes:
     """The leaf certificate, DER-encoded (what a peer presents)."""
@@ -35,6 +37,19 @@ def served_on(session: aiohttp.ClientSession) -> bytes:
     peer = pooled.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
     assert isinstance(peer, bytes)
     return peer
+
+
+def loopback_server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server context with a certificate of `ca` for 127.0.0.1 and localhost."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+def trusting(ca: trustme.CA, folder: Path) -> OutboundTls:
+    """Outbound TLS settings that trust `ca` (its certificate written to folder/ca.pem)."""
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    return OutboundTls(ca_mode="file", ca_file=folder / "ca.pem")
 
 
 def _replace(path: Path, data: bytes) -> None:

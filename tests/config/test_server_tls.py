@@ -21,11 +21,6 @@ KEY_A = hashlib.sha256(b"key-a").hexdigest()
 
 
 @pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
 def leaves(ca: trustme.CA) -> dict[str, trustme.LeafCert]:
     return {"server": ca.issue_cert("127.0.0.1"), "other": ca.issue_cert("127.0.0.2"),
             "reporting": ca.issue_cert("r@x", common_name="reporting",

@@ -25,16 +25,10 @@ from proxy.sandbox import ClientCredentialsSandbox, MachineClient, MachineSettin
 from tests.conftest import ProxyFactory, until
 from tests.forward_proxy import GUARDED_PASSWORD as PASSWORD
 from tests.forward_proxy import GUARDED_USER, ForwardProxy
+from tests.pki import loopback_server_context, trusting
 
 CLIENT = MachineClient(client_id="egress-client", client_secret="egress-secret",
                        auth_method="client_secret_basic", scopes=frozenset({"items.read"}))
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
 
 
 class Fake:
@@ -73,8 +67,7 @@ async def plain_fake() -> AsyncIterator[Fake]:
 
 @pytest.fixture
 async def tls_fake(ca: trustme.CA) -> AsyncIterator[Fake]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    context = loopback_server_context(ca)
     fake, server = await _fake(context)
     yield fake
     await server.close()
@@ -84,11 +77,6 @@ def _via(proxy: ForwardProxy, no_proxy: str = "") -> EgressPolicy:
     chosen = parse_proxy_url(proxy.url)
     return EgressPolicy(http=chosen, https=chosen, no_proxy=NoProxy.parse(no_proxy),
                         source="config")
-
-
-def _trusting(ca: trustme.CA, tmp_path: Path) -> OutboundTls:
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    return OutboundTls(ca_mode="file", ca_file=tmp_path / "ca.pem")
 
 
 async def test_token_and_api_calls_go_through_the_proxy(
@@ -107,7 +95,7 @@ async def test_tls_goes_through_tunnels_and_a_private_ca(
     forward_proxy: ForwardProxy, tls_fake: Fake, make_proxy: ProxyFactory, ca: trustme.CA,
     tmp_path: Path,
 ) -> None:
-    connection = tls_fake.connection(egress=_via(forward_proxy), tls=_trusting(ca, tmp_path))
+    connection = tls_fake.connection(egress=_via(forward_proxy), tls=trusting(ca, tmp_path))
     proxy = await make_proxy(connection)
     for _ in range(5):
         response = await proxy.get("/v1/items")
@@ -174,7 +162,7 @@ async def test_a_token_call_the_proxy_refuses_names_the_proxy(
     fake = tls_fake if tls else plain_fake
     without = parse_proxy_url(guarded_proxy.url.replace(f"{GUARDED_USER}:{PASSWORD}@", ""))
     connection = fake.connection(egress=EgressPolicy(http=without, https=without),
-                                 tls=_trusting(ca, tmp_path) if tls else OutboundTls())
+                                 tls=trusting(ca, tmp_path) if tls else OutboundTls())
     proxy = await make_proxy(connection)
     manager = proxy.app[PROXY_STATE].connections["items"].manager
     await until(lambda: manager.status().last_error is not None)

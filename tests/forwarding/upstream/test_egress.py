@@ -30,13 +30,7 @@ from proxy.forwarding.upstream import (
 from tests.forward_proxy import GUARDED_PASSWORD as PASSWORD
 from tests.forward_proxy import GUARDED_USER, ForwardProxy
 from tests.forwarding.upstream.servers import NO_HEADERS, TIMEOUTS, Upstream
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
+from tests.pki import loopback_server_context, trusting
 
 
 async def _serve(upstream: Upstream, context: ssl.SSLContext | None = None) -> TestServer:
@@ -56,8 +50,7 @@ async def plain_upstream() -> AsyncIterator[Upstream]:
 
 @pytest.fixture
 async def tls_upstream(ca: trustme.CA) -> AsyncIterator[Upstream]:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    context = loopback_server_context(ca)
     upstream = Upstream()
     server = await _serve(upstream, context)
     yield upstream
@@ -66,11 +59,6 @@ async def tls_upstream(ca: trustme.CA) -> AsyncIterator[Upstream]:
 
 def _https(upstream: Upstream) -> Origin:
     return Origin.parse(f"https://127.0.0.1:{upstream.origin.port}")
-
-
-def _trusting(ca: trustme.CA, tmp_path: Path) -> ssl.SSLContext:
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
-    return OutboundTls(ca_mode="file", ca_file=tmp_path / "ca.pem").context()
 
 
 async def _get(pool: Pool, route: Route, path: str = "/echo") -> int:
@@ -97,7 +85,7 @@ async def test_a_tls_upstream_is_reached_through_one_pooled_tunnel(
     forward_proxy: ForwardProxy, tls_upstream: Upstream, ca: trustme.CA, tmp_path: Path
 ) -> None:
     origin = _https(tls_upstream)
-    route = Route(origin, parse_proxy_url(forward_proxy.url), _trusting(ca, tmp_path))
+    route = Route(origin, parse_proxy_url(forward_proxy.url), trusting(ca, tmp_path).context())
     pool = Pool()
     try:
         assert [await _get(pool, route) for _ in range(5)] == [200] * 5
@@ -129,7 +117,7 @@ async def test_the_proxy_url_credentials_are_sent(
     ca: trustme.CA, tmp_path: Path, tls: bool,
 ) -> None:
     origin = _https(tls_upstream) if tls else plain_upstream.origin
-    context = _trusting(ca, tmp_path) if tls else None
+    context = trusting(ca, tmp_path).context() if tls else None
     pool = Pool()
     try:
         assert await _get(pool, Route(origin, parse_proxy_url(guarded_proxy.url), context)) == 200
