@@ -160,6 +160,14 @@ class Connection:
     cache: ResponseCache | None = None
     counters: UpstreamCounters = field(default_factory=UpstreamCounters)
     requires_key: bool = False  # the upstream's gateway refuses every call without one
+    # The names `credentials()` sends, lower case: a client's own fields of these names are
+    # dropped (proxy.forwarding.headers.upstream_request_lines).
+    credential_names: frozenset[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.credential_names = frozenset(
+            {"authorization", SUBSCRIPTION_KEY_HEADER.lower(),
+             *(name.lower() for name in self.static_credentials)})
 
     @property
     def name(self) -> str:

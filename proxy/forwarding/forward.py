@@ -21,7 +21,7 @@ from proxy.forwarding import upstream
 from proxy.forwarding.cache import Plan, ResponseCache, invalidates, served_headers
 from proxy.forwarding.connection import Connection
 from proxy.forwarding.exchange import Answer, Send, exchange, read_head
-from proxy.forwarding.headers import client_response_headers, upstream_request_headers
+from proxy.forwarding.headers import client_response_headers, upstream_request_lines
 from proxy.forwarding.observe import OBSERVATION, Observation
 from proxy.forwarding.state import PROXY_STATE, ProxyState
 
@@ -171,17 +171,20 @@ class _Sender:
     async def _once(self, credentials: Mapping[str, str], traceparent: str
                     ) -> upstream.Response:
         request, connection, observation = self.request, self.connection, self.observation
-        headers = upstream_request_headers(
-            request.headers,
+        inbound = request.headers
+        lines = upstream_request_lines(
+            inbound,
             client_address=request.remote,
             scheme=request.scheme,
             host=request.host,
-            credentials=credentials,
+            replaced=connection.credential_names,
             defaults=connection.default_headers,
             request_id=observation.request_id,
             traceparent=traceparent,
             keep_tracestate=observation.trace.keep_tracestate,
         )
+        lines.extend(map(": ".join, credentials.items()))
+        headers = upstream.HeaderLines(lines, inbound.get("Content-Length"))
         sent = time.perf_counter()
         try:
             response = await self.state.pool.request(

@@ -7,6 +7,7 @@ proxy's replace them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Final
 
@@ -75,7 +76,7 @@ def dropped_with_connection(drop: frozenset[str], headers: MultiMapping[str]) ->
 
 
 # Precomputed: the names every request and every answer drops, before any `Connection` tokens.
-_DROP_UPSTREAM: Final = HOP_BY_HOP | _NOT_FORWARDED_UPSTREAM
+_DROP_UPSTREAM: Final = HOP_BY_HOP | _NOT_FORWARDED_UPSTREAM | {"content-length"}
 # With a trace context of the proxy's: the client's `traceparent` is replaced, and its
 # `tracestate` goes too when the client's trace was not continued (W3C Trace Context §3.3).
 _DROP_TRACED: Final = _DROP_UPSTREAM | {TRACEPARENT}
@@ -94,7 +95,38 @@ def upstream_request_headers(
     traceparent: str | None = None,
     keep_tracestate: bool = True,
 ) -> CIMultiDict[str]:
-    """The headers sent upstream: the client's end-to-end ones, forwarding info, our credentials.
+    """The headers sent upstream, as a map: `upstream_request_lines` with the credentials
+    added, and the client's Content-Length kept (the upstream client frames a streamed body
+    by it)."""
+    lines = upstream_request_lines(
+        inbound, client_address=client_address, scheme=scheme, host=host,
+        replaced=frozenset(name.lower() for name in credentials), defaults=defaults,
+        request_id=request_id, traceparent=traceparent, keep_tracestate=keep_tracestate,
+    )
+    out: CIMultiDict[str] = CIMultiDict(line.partition(": ")[::2] for line in lines)
+    length = inbound.get("Content-Length")
+    if length is not None:
+        out.add("Content-Length", length)
+    out.extend(credentials)
+    return out
+
+
+def upstream_request_lines(
+    inbound: MultiMapping[str],
+    *,
+    client_address: str | None,
+    scheme: str,
+    host: str | None,
+    replaced: frozenset[str] = frozenset(),
+    defaults: Mapping[str, str] = {},
+    request_id: str | None = None,
+    traceparent: str | None = None,
+    keep_tracestate: bool = True,
+) -> list[str]:
+    """The header lines ("Name: value") sent upstream: the client's end-to-end fields, the
+    forwarding info, the defaults the client did not send. Not the credentials: their names
+    are `replaced` (lower case), the client's fields of those names are dropped and the caller
+    adds its own; nor Content-Length, which is framing (the upstream client writes it).
 
     `request_id` replaces whatever `X-Request-Id` the client sent (the proxy keeps a sane one
     and makes up a new one otherwise), so both logs name the same request. Likewise
@@ -102,42 +134,42 @@ def upstream_request_headers(
     `tracestate` goes on with it only when `keep_tracestate` (its trace was continued).
 
     One pass over the client's fields (this runs for every request): what is dropped, what is
-    rebuilt (X-Forwarded-For, Via) and what is cleaned (Cookie) is decided per field.
+    rebuilt (X-Forwarded-For, Via) and what is cleaned (Cookie) is decided per field, and the
+    line is made there.
     """
-    drop = _DROP_UPSTREAM
-    if traceparent is not None:
-        drop = _DROP_TRACED if keep_tracestate else _DROP_RESTARTED
+    drop = _drop_set(replaced, traced=traceparent is not None, keep_tracestate=keep_tracestate,
+                     identified=request_id is not None)
     if "Connection" in inbound:
         drop = dropped_with_connection(drop, inbound)
-    out, forwarded_for, via = _client_fields(
-        inbound, drop, rebuild_forwarded_for=bool(client_address)
-    )
-    add = out.add
+    lines, forwarded_for, via = _client_lines(
+        inbound, drop, rebuild_forwarded_for=bool(client_address))
+    add = lines.append
     if client_address:
         forwarded_for.append(client_address)
-        add("X-Forwarded-For", ", ".join(forwarded_for))
-    add("X-Forwarded-Proto", scheme)
+        add("X-Forwarded-For: " + ", ".join(forwarded_for))
+    add("X-Forwarded-Proto: " + scheme)
     if host:
-        add("X-Forwarded-Host", host)
+        add("X-Forwarded-Host: " + host)
     via.append(VIA)
-    add("Via", ", ".join(via))
+    add("Via: " + ", ".join(via))
     for name, value in defaults.items():
-        out.setdefault(name, value)
+        lower = name.lower()
+        if lower not in replaced and (lower in drop or name not in inbound):
+            add(f"{name}: {value}")  # the client sent none, or one that is not forwarded
     if request_id is not None:
-        out[REQUEST_ID] = request_id
+        add(f"{REQUEST_ID}: {request_id}")
     if traceparent is not None:
-        add(TRACEPARENT, traceparent)
-    out.update(credentials)
-    return out
+        add(f"{TRACEPARENT}: {traceparent}")
+    return lines
 
 
-def _client_fields(
+def _client_lines(
     inbound: MultiMapping[str], drop: frozenset[str], *, rebuild_forwarded_for: bool
-) -> tuple[CIMultiDict[str], list[str], list[str]]:
-    """The client's fields that go on as they are; and the X-Forwarded-For (when it is rebuilt)
-    and Via values, which are extended."""
-    out: CIMultiDict[str] = CIMultiDict()
-    add = out.add
+) -> tuple[list[str], list[str], list[str]]:
+    """The lines of the client's fields that go on as they are; and the X-Forwarded-For (when
+    it is rebuilt) and Via values, which are extended."""
+    lines: list[str] = []
+    add = lines.append
     forwarded_for: list[str] = []
     via: list[str] = []
     for name, value in inbound.items():
@@ -151,10 +183,22 @@ def _client_fields(
         elif lower == "cookie":
             cleaned = without_cookies(value, PROXY_COOKIES)
             if cleaned:  # else it held only ours
-                add(name, cleaned)
+                add(f"{name}: {cleaned}")
         else:
-            add(name, value)
-    return out, forwarded_for, via
+            add(f"{name}: {value}")
+    return lines, forwarded_for, via
+
+
+@functools.lru_cache(maxsize=256)  # a few per connection: its credential names, four cases
+def _drop_set(replaced: frozenset[str], *, traced: bool, keep_tracestate: bool,
+              identified: bool) -> frozenset[str]:
+    """The client's fields that never go upstream, before any `Connection` tokens."""
+    drop = _DROP_UPSTREAM | replaced
+    if traced:
+        drop |= _DROP_TRACED if keep_tracestate else _DROP_RESTARTED
+    if identified:
+        drop |= {REQUEST_ID.lower()}
+    return drop
 
 
 def client_response_headers(

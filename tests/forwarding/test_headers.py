@@ -11,6 +11,7 @@ from proxy.forwarding.headers import (
     dropped_with_connection,
     rewrite_location,
     upstream_request_headers,
+    upstream_request_lines,
 )
 
 
@@ -115,6 +116,39 @@ def test_defaults_fill_gaps_only() -> None:
     assert _upstream([], defaults={"Accept": "application/json"})["Accept"] == "application/json"
     assert _upstream([("Accept", "text/csv")], defaults={"Accept": "application/json"}
                      )["Accept"] == "text/csv"
+
+
+@pytest.mark.parametrize(
+    ("inbound", "options", "expected"),
+    [
+        pytest.param([("Accept", "a/b"), ("Content-Length", "5")], {},
+                     ["Accept: a/b", "X-Forwarded-For: 10.0.0.7", "X-Forwarded-Proto: http",
+                      "X-Forwarded-Host: proxy:8080", "Via: 1.1 nmbrs-proxy"],
+                     id="content-length-is-framing"),
+        pytest.param([("X-Tenant", "theirs"), ("x-other", "1")],
+                     {"replaced": frozenset({"x-tenant"})},
+                     ["x-other: 1"], id="replaced-names-are-the-callers"),
+        pytest.param([], {"defaults": {"Accept": "j", "X-Tenant": "d"},
+                          "replaced": frozenset({"x-tenant"})},
+                     ["Accept: j"], id="a-replaced-name-has-no-default"),
+        pytest.param([("Connection", "accept"), ("Accept", "a/b")], {"defaults": {"Accept": "j"}},
+                     ["Accept: j"], id="a-dropped-field-gets-the-default"),
+        pytest.param([("X-Request-Id", "theirs")], {"request_id": "ours"},
+                     ["X-Request-Id: ours"], id="the-request-id-is-ours"),
+        pytest.param([("Cookie", "nmbrs_proxy_session=s"), ("Cookie", "a=1")], {},
+                     ["Cookie: a=1"], id="our-cookie-stays"),
+    ],
+)
+def test_upstream_request_lines(inbound: list[tuple[str, str]], options: dict[str, object],
+                                expected: list[str]) -> None:
+    """The lines of the client's part, without the forwarding info every request gets."""
+    arguments: dict[str, object] = {"client_address": "10.0.0.7", "scheme": "http",
+                                    "host": "proxy:8080", **options}
+    lines = upstream_request_lines(CIMultiDict(inbound), **arguments)  # type: ignore[arg-type]
+    forwarding = ("X-Forwarded-", "Via: ")
+    if expected and not expected[-1].startswith("Via: "):
+        lines = [line for line in lines if not line.startswith(forwarding)]
+    assert lines == expected
 
 
 @pytest.mark.parametrize(

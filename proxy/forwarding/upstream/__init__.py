@@ -22,7 +22,7 @@ from proxy.forwarding.upstream.errors import (
 from proxy.forwarding.upstream.origin import Origin, Route
 from proxy.forwarding.upstream.pool import IDEMPOTENT, MAX_IDLE_PER_ORIGIN, Pool
 from proxy.forwarding.upstream.protocol import HIGH_WATER, LOW_WATER
-from proxy.forwarding.upstream.request import Body
+from proxy.forwarding.upstream.request import Body, HeaderLines
 from proxy.forwarding.upstream.response import Response
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "ConnectTimeout",
     "EgressProxyError",
     "EgressProxyTimeout",
+    "HeaderLines",
     "Origin",
     "Pool",
     "ProtocolError",

@@ -48,6 +48,7 @@ from proxy.forwarding.upstream.origin import Origin, Route
 from proxy.forwarding.upstream.protocol import _Connection
 from proxy.forwarding.upstream.request import (
     Body,
+    HeaderLines,
     _ignore_outcome,
     _Outgoing,
     _request_head,
@@ -97,7 +98,7 @@ class Pool:
         destination: Origin | Route,
         method: str,
         target: str,
-        headers: MultiMapping[str],
+        headers: MultiMapping[str] | HeaderLines,
         body: Body = None,
         *,
         connect_timeout: float,
@@ -105,9 +106,10 @@ class Pool:
     ) -> Response:
         """Send one request; the answer comes back once its headers have arrived.
 
-        `target` is the request target as it goes on the wire (origin-form); `headers` must not
-        carry Host or Transfer-Encoding, and a Content-Length in them counts only for a streamed
-        body: framing is this client's to write.
+        `target` is the request target as it goes on the wire (origin-form); `headers` (a map,
+        or lines made ready by the caller) must not carry Host or Transfer-Encoding, and a
+        Content-Length in them counts only for a streamed body: framing is this client's to
+        write.
         """
         if self._closed:
             raise ConnectError("the upstream pool is closed")

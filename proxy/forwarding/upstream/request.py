@@ -53,9 +53,18 @@ async def _send_body(conn: _Connection, body: AsyncIterator[bytes], *, chunked: 
     conn.request_sent = True
 
 
+@dataclass(frozen=True, slots=True)
+class HeaderLines:
+    """A request's header fields made ready for the wire: "Name: value" lines without Host
+    and framing, and the Content-Length the client declared (it frames a streamed body)."""
+
+    lines: list[str]
+    length: str | None = None
+
+
 def _request_head(
-    method: str, target: str, host: str, headers: MultiMapping[str], body: Body, *,
-    extra: str = "",
+    method: str, target: str, host: str, headers: MultiMapping[str] | HeaderLines,
+    body: Body, *, extra: str = "",
 ) -> tuple[bytes, bool]:
     """The request line and header block; and whether the body's length is fixed in it.
 
@@ -63,11 +72,15 @@ def _request_head(
     Content-Length when it sent one, else goes chunked. No body, on a method that defines one,
     says Content-Length: 0.
     """
-    length = headers.get("Content-Length")
-    fields: Iterable[tuple[str, str]] = headers.items()
-    if length is not None:
-        fields = [(name, value) for name, value in fields if name.lower() != "content-length"]
-    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}", *map(": ".join, fields)]
+    if isinstance(headers, HeaderLines):
+        fields, length = headers.lines, headers.length
+    else:
+        length = headers.get("Content-Length")
+        pairs: Iterable[tuple[str, str]] = headers.items()
+        if length is not None:
+            pairs = [(name, value) for name, value in pairs if name.lower() != "content-length"]
+        fields = list(map(": ".join, pairs))
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}", *fields]
     if extra:  # a header line of the proxy's own (Proxy-Authorization): checked when made
         lines.append(extra)
     fixed = True
