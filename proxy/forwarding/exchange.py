@@ -215,7 +215,9 @@ async def exchange(
         answer = Answer(response, permit)
         try:
             connection.shaper.answered(response.status)  # what the learned rate learns from
-            delay = await attempts.after_answer(answer, token, key)
+            # Below 400 nothing is refused or retried: the answer is final, with no call made.
+            delay = None if response.status < 400 else await attempts.after_answer(
+                answer, token, key)
         except BaseException:
             answer.release()
             raise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final
 
 from aiohttp import web
@@ -24,6 +24,7 @@ from proxy.forwarding.exchange import Answer, Send, exchange, read_head
 from proxy.forwarding.headers import client_response_headers, upstream_request_lines
 from proxy.forwarding.observe import OBSERVATION, Observation
 from proxy.forwarding.state import PROXY_STATE, ProxyState
+from proxy.telemetry.tracing import ServerSpan
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,16 @@ class _Sender:
         self.request, self.state, self.observation = request, state, observation
         self.connection, self.target, self.body = connection, target, body
 
-    async def send(self, credentials: Mapping[str, str]) -> upstream.Response:
+    def send(self, credentials: Mapping[str, str]) -> Awaitable[upstream.Response]:
         """One attempt upstream; a span of its own when traces are exported."""
         trace = self.observation.trace
-        server = trace.server
-        if server is None:
-            return await self._once(credentials, trace.traceparent)
+        if trace.server is None:
+            return self._once(credentials, trace.traceparent)  # no coroutine around it
+        return self._traced(credentials, trace.server)
+
+    async def _traced(self, credentials: Mapping[str, str], server: ServerSpan
+                      ) -> upstream.Response:
+        trace = self.observation.trace
         origin = self.connection.origin
         attempt = server.attempt(
             method=self.request.method, scheme=origin.scheme, host=origin.host,

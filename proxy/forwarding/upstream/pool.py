@@ -118,7 +118,7 @@ class Pool:
             method, route.target_prefix + target if route.target_prefix else target,
             route.origin.host_header, headers, body, extra=route.proxy_header)
         outgoing = _Outgoing(method, head, body, fixed_length, read_timeout)
-        conn = await self._acquire(route, connect_timeout)
+        conn = self._idle_connection(route) or await self._connect(route, connect_timeout)
         try:
             response = await self._exchange(conn, outgoing)
         except ProtocolError:
@@ -167,7 +167,8 @@ class Pool:
             raise
         return response
 
-    async def _acquire(self, route: Route, connect_timeout: float) -> _Connection:
+    def _idle_connection(self, route: Route) -> _Connection | None:
+        """The most recently used connection to `route` still open; None: a new one is due."""
         idle = self._idle.get(route)
         if idle:
             now = asyncio.get_running_loop().time()
@@ -179,7 +180,7 @@ class Pool:
                     conn.reused = True
                     return conn
                 conn.close()
-        return await self._connect(route, connect_timeout)
+        return None
 
     async def _connect(self, route: Route, connect_timeout: float) -> _Connection:
         if route.tunnelled:
