@@ -41,7 +41,7 @@ from proxy.forwarding.state import PROXY_STATE
 from proxy.inbound import guard
 from proxy.inbound.access import DOOR, QUOTAS, AccessNote, Door, caller
 from proxy.inbound.policy import PROXY_PATH, check_forward, source_address
-from proxy.telemetry.audit import AUDITING, PROBLEM, audited
+from proxy.telemetry.audit import AUDITING, PROBLEM, Auditing, audited
 from proxy.telemetry.audit import request_id as pick_request_id
 from proxy.telemetry.logs import CURRENT_REQUEST_ID
 from proxy.telemetry.records import ACCESS_LOGGER
@@ -100,13 +100,14 @@ class DataPlane:
         self._metrics = app[METRICS]
         self._traffic = app[TRAFFIC]
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    def __call__(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        """The coroutine that answers `request` (this call itself is not one: a frame less)."""
         path = split_target(request.raw_path)[0]
         door = self._doorway.door
         if ("%" in path or path.startswith(PROXY_PATH) or path in door.callback_paths
                 or hdrs.EXPECT in request.headers):
-            return await self._app_handler(request)
-        return await self._forward(request, path, door)
+            return self._app_handler(request)
+        return self._forward(request, path, door)
 
     async def _forward(self, request: web.BaseRequest, path: str, door: Door
                        ) -> web.StreamResponse:
@@ -115,17 +116,21 @@ class DataPlane:
         trace = begin_trace(request, request_id)
         observation = Observation(request_id, started, trace)
         CURRENT_REQUEST_ID.set(request_id)  # a task per request: no reset needed
-        traffic = self._traffic
-        traffic.in_flight += 1
+        self._traffic.in_flight += 1
         note = AccessNote()
-        auditing = self._auditing
-        audit, include_query = auditing.log, auditing.settings.include_query
-        audit_at = time.time() if audit is not None else 0.0
+        auditing = self._auditing  # as it is when the request arrives, a reload or not
+        audit_at = None if auditing.log is None else time.time()
         status = 500
         response: web.StreamResponse | None = None
         try:
             try:
-                response = await self._admitted(request, path, door, observation, note)
+                release = self._admit(request, path, door, note)
+                try:
+                    response = await forward_request(request, self._state, observation,
+                                                     self._finish_with(request_id))
+                finally:
+                    if release is not None:
+                        release()
             except ProxyError as error:
                 response = problem_response(error)
             except web.HTTPException as exc:
@@ -134,7 +139,7 @@ class DataPlane:
                 response = http_problem(exc)
             if not response.prepared:
                 self._finish(response, request_id)
-                if audit is not None:  # send it now, so that its size is known
+                if audit_at is not None:  # send it now, so that its size is known
                     await response.prepare(request)
                     await response.write_eof()
             status = response.status
@@ -146,26 +151,37 @@ class DataPlane:
             status = CLIENT_CLOSED_REQUEST
             raise
         finally:
-            ended = time.perf_counter()
-            traffic.in_flight -= 1
-            traffic.last_change = ended
-            count_request(self._metrics, request.method, status, observation)
-            finish_trace(observation, status, note.client)
-            if audit is not None:
-                auditing.write(audited(
-                    request, at=audit_at, request_id=request_id, trace_id=trace.trace_id,
-                    note=note, status=status,
-                    include_query=include_query, duration=ended - started,
-                    bytes_out=0 if response is None else response.body_length,
-                    problem=None if response is None else response.get(PROBLEM),
-                ))
-            if access_log.isEnabledFor(logging.INFO):
-                log_access(logging.INFO, request, observation, status=status,
-                           seconds=ended - started, response=response)
+            self._record(request, observation, note=note, status=status, response=response,
+                         auditing=auditing, audit_at=audit_at)
 
-    async def _admitted(self, request: web.BaseRequest, path: str, door: Door,
-                        observation: Observation, note: AccessNote) -> web.StreamResponse:
-        """The guard, then the policy (as the access middleware applies them), then forward."""
+    def _record(self, request: web.BaseRequest, observation: Observation, *,
+                note: AccessNote, status: int, response: web.StreamResponse | None,
+                auditing: Auditing, audit_at: float | None) -> None:
+        """The request is over: out of the in-flight count, into the metrics, the trace, the
+        audit log (when on) and the access log."""
+        ended = time.perf_counter()
+        traffic = self._traffic
+        traffic.in_flight -= 1
+        traffic.last_change = ended
+        count_request(self._metrics, request.method, status, observation)
+        finish_trace(observation, status, note.client)
+        seconds = ended - observation.started
+        if audit_at is not None:  # audited when it arrived
+            auditing.write(audited(
+                request, at=audit_at, request_id=observation.request_id,
+                trace_id=observation.trace.trace_id, note=note, status=status,
+                include_query=auditing.settings.include_query, duration=seconds,
+                bytes_out=0 if response is None else response.body_length,
+                problem=None if response is None else response.get(PROBLEM),
+            ))
+        if access_log.isEnabledFor(logging.INFO):
+            log_access(logging.INFO, request, observation, status=status, seconds=seconds,
+                       response=response)
+
+    def _admit(self, request: web.BaseRequest, path: str, door: Door, note: AccessNote
+               ) -> Callable[[], None] | None:
+        """The guard, then the policy (as the access middleware applies them); what releases
+        the client's quota when the request is done (None: it has none)."""
         guard.check_request(request.method, request.raw_path,
                             (request.version.major, request.version.minor),
                             request.headers.items())
@@ -173,17 +189,14 @@ class DataPlane:
         connection, upstream_path = door.route(path)
         note.client = client.name if client is not None else None
         note.connection = connection
-        release = None
-        if client is not None:
-            check_forward(client, source=source_address(request.remote), connection=connection,
-                          method=request.method, path=upstream_path)
-            release = self._quotas.admit(client, time.monotonic())
-        finish = functools.partial(self._finish, request_id=observation.request_id)
-        try:
-            return await forward_request(request, self._state, observation, finish)
-        finally:
-            if release is not None:
-                release()
+        if client is None:
+            return None
+        check_forward(client, source=source_address(request.remote), connection=connection,
+                      method=request.method, path=upstream_path)
+        return self._quotas.admit(client, time.monotonic())
+
+    def _finish_with(self, request_id: str) -> Callable[[web.StreamResponse], None]:
+        return functools.partial(self._finish, request_id=request_id)
 
     def _finish(self, response: web.StreamResponse, request_id: str) -> None:
         """What the application's on_response_prepare hook does for a routed request."""

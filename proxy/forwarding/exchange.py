@@ -90,13 +90,13 @@ class _Attempts:
     """The state of one exchange between attempts."""
 
     def __init__(self, connection: Connection, method: str, *, replayable: bool,
-                 clock: Clock, rand: Callable[[], float]) -> None:
+                 clock: Clock, rand: Callable[[], float], started: float) -> None:
         self.connection = connection
         self.method = method
         self.replayable = replayable
         self.clock = clock
         self.rand = rand
-        self.started = time.monotonic()
+        self.started = started  # time.monotonic() when the first attempt began
         self.retries = 0
         self.token_replayed = False
         self.key_switched = False
@@ -195,15 +195,20 @@ async def exchange(
     rand: Callable[[], float] = random.random,
 ) -> Answer:
     """Send until an answer is final for the client; `send` gets each attempt's credentials."""
-    attempts = _Attempts(connection, method, replayable=replayable, clock=clock, rand=rand)
+    shaper, manager = connection.shaper, connection.manager
+    started = time.monotonic()
+    attempts: _Attempts | None = None  # made for a second thought: most requests need none
     while True:
-        permit = await connection.shaper.admit()
+        # The waits (shaping, a token) only when there is something to wait for.
+        permit = shaper.free_permit() or await shaper.admit()
         try:
-            token = await connection.manager.bearer()
+            token = manager.usable_token() or await manager.bearer()
             key = connection.key_index()  # None: the key entered on the page, never rotated
             response = await send(connection.credentials(token, key))
         except (BadGateway, GatewayTimeout) as error:
             permit.release()
+            attempts = attempts or _Attempts(connection, method, replayable=replayable,
+                                             clock=clock, rand=rand, started=started)
             delay = attempts.after_failure(error)
             if delay is None:
                 raise
@@ -214,10 +219,12 @@ async def exchange(
             raise
         answer = Answer(response, permit)
         try:
-            connection.shaper.answered(response.status)  # what the learned rate learns from
-            # Below 400 nothing is refused or retried: the answer is final, with no call made.
-            delay = None if response.status < 400 else await attempts.after_answer(
-                answer, token, key)
+            shaper.answered(response.status)  # what the learned rate learns from
+            if response.status < 400:  # nothing refused, nothing to retry: final
+                return answer
+            attempts = attempts or _Attempts(connection, method, replayable=replayable,
+                                             clock=clock, rand=rand, started=started)
+            delay = await attempts.after_answer(answer, token, key)
         except BaseException:
             answer.release()
             raise

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Final
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.core.errors import BadGateway, GatewayTimeout, NoConnection
 from proxy.core.http import match_prefix, split_target, upstream_url
@@ -85,9 +86,14 @@ async def forward_request(
     if cache is not None and invalidates(request.method, answer.response.status):
         cache.invalidate(split_target(target)[0])
     try:
-        return await _relay(request, answer.response, connection.settings.upstream, public_base,
-                            observation=observation, prepare_hook=prepare_hook,
-                            head=answer.head)
+        response = answer.response
+        headers = client_response_headers(
+            response.headers, upstream_base=connection.settings.upstream, public_base=public_base)
+        whole = _whole_answer(request, response, headers, observation, answer.head)
+        if whole is not None:
+            return whole
+        return await _relay(request, response, headers, observation=observation,
+                            prepare_hook=prepare_hook, head=answer.head)
     finally:
         answer.release()
 
@@ -119,9 +125,14 @@ async def _through_cache(
                     entry = cache.store(plan, upstream.status, upstream.headers, answer.head, ttl)
             if entry is None:
                 cache.done(plan)  # waiters fetch on their own while this answer streams
-                return await _relay(request, upstream, upstream_base, public_base,
-                                    observation=observation, prepare_hook=prepare_hook,
-                                    head=answer.head, extra_headers={"X-Cache": "MISS"})
+                headers = client_response_headers(
+                    upstream.headers, upstream_base=upstream_base, public_base=public_base)
+                headers["X-Cache"] = "MISS"
+                whole = _whole_answer(request, upstream, headers, observation, answer.head)
+                if whole is not None:
+                    return whole
+                return await _relay(request, upstream, headers, observation=observation,
+                                    prepare_hook=prepare_hook, head=answer.head)
         finally:
             cache.done(plan)
             if answer is not None:
@@ -234,30 +245,31 @@ class _Sender:
         return response
 
 
+def _whole_answer(request: web.BaseRequest, answer: upstream.Response,
+                  headers: CIMultiDict[str], observation: Observation, head: bytes
+                  ) -> web.Response | None:
+    """The client's response when the whole answer is here already (a small one usually
+    arrives with its headers): one write, no stream machinery. None: it is relayed."""
+    rest = answer.buffered()
+    if rest is None or request.method == "HEAD":
+        return None
+    headers.popall("Content-Length", None)
+    observation.headers_sent = time.perf_counter()
+    return web.Response(status=answer.status, reason=answer.reason, headers=headers,
+                        body=head + rest if head else rest)
+
+
 async def _relay(
     request: web.BaseRequest,
     answer: upstream.Response,
-    upstream_base: str,
-    public_base: str,
+    headers: CIMultiDict[str],
     *,
     observation: Observation,
     prepare_hook: PrepareHook,
     head: bytes = b"",
-    extra_headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    """Send the answer to the client; `head` is the start of its body, read already."""
-    headers = client_response_headers(
-        answer.headers, upstream_base=upstream_base, public_base=public_base
-    )
-    if extra_headers:
-        headers.update(extra_headers)
-    rest = answer.buffered()
-    if rest is not None and request.method != "HEAD":
-        # A small answer usually arrives with its headers: one write, no stream machinery.
-        headers.popall("Content-Length", None)
-        observation.headers_sent = time.perf_counter()
-        return web.Response(status=answer.status, reason=answer.reason, headers=headers,
-                            body=head + rest if head else rest)
+    """Stream the answer to the client (`headers` are the client's); `head` is the start of
+    its body, read already."""
     response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
     prepare_hook(response)
     await response.prepare(request)

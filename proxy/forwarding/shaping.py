@@ -167,10 +167,18 @@ class Shaper:
                 seconds,
             )
 
-    async def admit(self) -> Permit:
+    def free_permit(self) -> Permit | None:
+        """The permit of a connection with nothing to wait for and nothing to hold (most),
+        without a coroutine; None: `admit()` decides."""
         if (self._slots is None and self._bucket is None and not self._in_line
                 and self.waiting < self._max_queue and self._clock() >= self._paused_until):
-            return _FREE  # nothing to wait for and nothing to hold (most connections)
+            return _FREE
+        return None
+
+    async def admit(self) -> Permit:
+        free = self.free_permit()
+        if free is not None:
+            return free
         now = self._clock()
         if self._pacing:
             self._follow(now)

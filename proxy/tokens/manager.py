@@ -119,15 +119,25 @@ class TokenManager(Refresher):
         self._reload_at = self._clock()
         self._changed.set()
 
-    async def bearer(self) -> str:
+    def usable_token(self) -> str | None:
+        """The access token to send now, without a coroutine (a stale one starts the
+        background refresh); None when a request must wait for one (`bearer()`)."""
         tokens = self._tokens
+        if tokens is None:
+            return None
         state = token_state(tokens, self._clock(), self._margin)
-        if tokens is not None and state is TokenState.FRESH:
+        if state is TokenState.FRESH:
             return tokens.access_token
-        if tokens is not None and state is TokenState.STALE:
+        if state is TokenState.STALE:
             if self._background_refresh_allowed():
                 self._start_refresh()
             return tokens.access_token
+        return None
+
+    async def bearer(self) -> str:
+        token = self.usable_token()
+        if token is not None:
+            return token
         return (await self._refresh_for_request()).access_token
 
     async def after_rejection(self, rejected: str) -> str:

@@ -180,13 +180,13 @@ async def test_hostile_requests(proxy: Proxy, upstream: RecordingUpstream, case:
     assert app is not None
     manager = app[PROXY_STATE].connections["nmbrs"].manager
     asked: list[int] = []
-    original = manager.bearer
+    original = manager.usable_token  # what the forwarder asks first for a token
 
-    async def bearer() -> str:
+    def usable_token() -> str | None:
         asked.append(1)
-        return await original()
+        return original()
 
-    manager.bearer = bearer  # type: ignore[method-assign]
+    manager.usable_token = usable_token  # type: ignore[method-assign]
 
     port = proxy.port
     assert port is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -36,20 +36,21 @@ def networks(*texts: str) -> tuple[Any, ...]:
 
 
 def count_token_requests(proxy: Proxy) -> list[str]:
-    """Record every call for a token (manager.bearer) the proxy makes from now on."""
+    """Record every time the proxy asks for a token from now on (manager.usable_token, which
+    bearer() asks first too)."""
     calls: list[str] = []
     app = proxy.app
     assert app is not None
     for connection in app[PROXY_STATE].connections.values():
         manager = connection.manager
-        original = manager.bearer
+        original = manager.usable_token
 
-        async def bearer(original: Callable[[], Awaitable[str]] = original,
-                         name: str = connection.name) -> str:
+        def usable_token(original: Callable[[], str | None] = original,
+                         name: str = connection.name) -> str | None:
             calls.append(name)
-            return await original()
+            return original()
 
-        manager.bearer = bearer  # type: ignore[method-assign]
+        manager.usable_token = usable_token  # type: ignore[method-assign]
     return calls
 
 
