@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from proxy.app import create_app
 from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
 from proxy.inbound import guard, policy
-from proxy.inbound.policy import AccessPolicy, Client, PathPattern, Rule
+from proxy.inbound.policy import AccessPolicy, Client
+from proxy.inbound.rules import PathPattern, Rule
 from proxy.tokens.store import FileStore
 from tests.conftest import connection_settings, token_set
 

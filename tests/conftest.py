@@ -31,7 +31,7 @@ from proxy.config import (
     StoreSettings,
 )
 from proxy.core.secret import Secret
-from proxy.inbound.policy import PathPattern
+from proxy.inbound.rules import PathPattern
 from proxy.oauth.token_set import TokenSet
 from proxy.server import ProxyRunner
 from proxy.tokens.store import FileStore

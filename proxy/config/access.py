@@ -42,9 +42,9 @@ from proxy.inbound.policy import (
     AdminAccess,
     Client,
     IPNetwork,
-    Rule,
     bind_problem,
 )
+from proxy.inbound.rules import Rule
 
 _SHA256_HEX: Final = re.compile(r"[0-9a-fA-F]{64}")
 _FINGERPRINT: Final = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){31}")

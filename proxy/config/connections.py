@@ -36,7 +36,7 @@ from proxy.config.values import (
 )
 from proxy.core.http import HOP_BY_HOP
 from proxy.core.secret import Secret
-from proxy.inbound.policy import ANY_METHOD
+from proxy.inbound.rules import ANY_METHOD
 from proxy.oauth.client_credentials import AUTH_METHODS, CLIENT_SECRET_BASIC
 
 _unique_words = _array_of(_word, "an array of strings")

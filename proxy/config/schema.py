@@ -14,7 +14,8 @@ from proxy.core.egress import DIRECT, EgressPolicy
 from proxy.core.listener_tls import ListenerTls
 from proxy.core.secret import Secret
 from proxy.core.tls import OutboundTls
-from proxy.inbound.policy import AccessPolicy, AdminAccess, Client, PathPattern
+from proxy.inbound.policy import AccessPolicy, AdminAccess, Client
+from proxy.inbound.rules import PathPattern
 from proxy.oauth.client_credentials import CLIENT_SECRET_BASIC
 
 

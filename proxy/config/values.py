@@ -17,7 +17,7 @@ from proxy.config.problems import _expected, _Invalid
 from proxy.config.reader import _Parser, _shown_key
 from proxy.config.references import _ENV_PREFIX, _FILE_PREFIX, _Context
 from proxy.core.secret import Secret
-from proxy.inbound.policy import ANY_METHOD, PathPattern
+from proxy.inbound.rules import ANY_METHOD, PathPattern
 
 _T = TypeVar("_T")
 

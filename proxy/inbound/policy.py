@@ -35,7 +35,6 @@ import functools
 import hashlib
 import hmac
 import ipaddress
-import re
 import secrets
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from typing import Final
 
 from proxy.core.errors import Forbidden, Unauthorized
 from proxy.inbound.certificates import PeerCertificate
+from proxy.inbound.rules import Rule, RuleSet
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,7 +51,6 @@ LOOPBACK: Final[tuple[IPNetwork, ...]] = (
     ipaddress.ip_network("127.0.0.0/8"),
     ipaddress.ip_network("::1/128"),
 )
-ANY_METHOD: Final = "*"
 READ_ONLY_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 KEY_HEADER: Final = "X-Proxy-Key"
 KEY_PREFIX: Final = "npk_"
@@ -80,63 +79,6 @@ def area_of(path: str, callback_paths: Collection[str]) -> Area:
     return Area.FORWARD
 
 
-# --- path patterns --------------------------------------------------------------------------
-
-_PATTERN_FORBIDDEN: Final = re.compile(r"[?#%\s\\]")
-# What a '*' matches: anything in one segment but control characters (the guard refuses those).
-_SEGMENT_CHARS: Final = r"[^/\x00-\x1f\x7f]"
-
-
-@dataclass(frozen=True)
-class PathPattern:
-    """A path glob: `*` matches within one segment, a `**` segment matches any number of them.
-
-    `/api/companies/*/employees*` matches `/api/companies/7/employees` but not
-    `/api/companies/7/employees/3`; `/api/**` matches `/api` and everything below it.
-    Patterns are matched against the decoded path the upstream sees (prefix stripped).
-    """
-
-    text: str
-    regex: re.Pattern[str] = field(compare=False, repr=False)
-
-    @classmethod
-    def parse(cls, text: str) -> PathPattern:
-        """The pattern; ValueError with a reason when `text` is not one."""
-        if not text.startswith("/"):
-            raise ValueError("must start with '/'")
-        if _PATTERN_FORBIDDEN.search(text):
-            raise ValueError("must not contain '?', '#', '%', '\\' or whitespace")
-        parts = []
-        for segment in text.split("/")[1:]:
-            if segment == "**":
-                parts.append(f"(?:/{_SEGMENT_CHARS}*)*")
-            elif "**" in segment:
-                raise ValueError("'**' must be a whole segment ('/**/')")
-            else:
-                star = f"{_SEGMENT_CHARS}*"
-                parts.append("/" + star.join(re.escape(p) for p in segment.split("*")))
-        return cls(text, re.compile("".join(parts)))
-
-    def matches(self, path: str) -> bool:
-        return self.regex.fullmatch(path) is not None
-
-
-@dataclass(frozen=True)
-class Rule:
-    """Methods (or ANY_METHOD) and path patterns; GET also allows HEAD."""
-
-    methods: frozenset[str]
-    paths: tuple[PathPattern, ...]
-
-    def allows(self, method: str, path: str) -> bool:
-        method_ok = (
-            ANY_METHOD in self.methods
-            or method in self.methods
-            or (method == "HEAD" and "GET" in self.methods)
-        )
-        return method_ok and any(pattern.matches(path) for pattern in self.paths)
-
-
 # --- who ------------------------------------------------------------------------------------
 
 
@@ -156,6 +98,11 @@ class Client:
     # certificate, 32 bytes, and/or its subject as `certificates.canonical_subject` writes it.
     cert_sha256: bytes | None = None
     cert_subject: str | None = None
+
+    @functools.cached_property
+    def rule_set(self) -> RuleSet | None:
+        """Its rules compiled (None: every method and path)."""
+        return None if self.rules is None else RuleSet(self.rules)
 
     @property
     def by_certificate(self) -> bool:
@@ -186,6 +133,23 @@ class AccessPolicy:
     def by_certificate(self) -> bool:
         """Whether some client is identified by its certificate (else none is looked at)."""
         return any(client.by_certificate for client in self.clients)
+
+    @functools.cached_property
+    def _known_keys(self) -> dict[str, Client]:
+        return {}
+
+    def client_with_key(self, key: str) -> Client | None:
+        """`identify(self.clients, key)`, remembering the keys that named a client: a client
+        sends the same key with every request. Only keys that matched are kept, one per client
+        at most (no two strings have one digest), so the memory is bounded; an unknown key is
+        hashed and compared with every client's every time."""
+        known = self._known_keys
+        client = known.get(key)
+        if client is None:
+            client = identify(self.clients, key)
+            if client is not None:
+                known[key] = client
+        return client
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -290,7 +254,7 @@ def identify_caller(
     if not policy.clients:
         return None
     if key is not None:
-        client = identify(policy.clients, key)
+        client = policy.client_with_key(key)
         if client is None:
             raise Unauthorized(
                 "the key is not valid", headers={"WWW-Authenticate": CLIENT_CHALLENGE}
@@ -339,7 +303,8 @@ def check_forward(
     if client.read_only and method not in READ_ONLY_METHODS:
         raise Forbidden(f"client {client.name!r} is read-only: {method} is not allowed",
                         connection=connection)
-    if client.rules is not None and not any(r.allows(method, path) for r in client.rules):
+    rules = client.rule_set
+    if rules is not None and not rules.allows(method, path):
         raise Forbidden(f"client {client.name!r} may not {method} this path",
                         connection=connection)
 

@@ -12,7 +12,8 @@ from proxy.config import Settings, StoreSettings
 from proxy.config.effective import MASK, effective_config
 from proxy.config.schema import ConnectionSettings
 from proxy.core.secret import Secret
-from proxy.inbound.policy import AdminAccess, Client, PathPattern, Rule, key_digest
+from proxy.inbound.policy import AdminAccess, Client, key_digest
+from proxy.inbound.rules import PathPattern, Rule
 
 SECRETS = ("client-secret-1", "sub-key-2", "old-sub-key-3", "header-token-4", "audience-5",
            "redis-password-6", "store-key-7")

@@ -33,7 +33,8 @@ from proxy.app import create_app
 from proxy.config import ServerSettings, Settings, StoreSettings
 from proxy.core.errors import ProxyError
 from proxy.inbound.guard import check_path
-from proxy.inbound.policy import Client, PathPattern, Rule, key_digest
+from proxy.inbound.policy import Client, key_digest
+from proxy.inbound.rules import PathPattern, Rule
 from proxy.tokens.store import FileStore
 from tests.conftest import (
     SUBSCRIPTION_KEY,

@@ -25,7 +25,8 @@ from yarl import URL
 
 from proxy.app import create_app
 from proxy.config import AuditSettings, ServerSettings, Settings, StoreSettings
-from proxy.inbound.policy import Client, PathPattern, Rule
+from proxy.inbound.policy import Client
+from proxy.inbound.rules import PathPattern, Rule
 from proxy.tokens.store import FileStore
 from tests.conftest import ProxyTestServer, RecordingUpstream, connection_settings, token_set
 

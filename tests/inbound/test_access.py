@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 
 from proxy.forwarding.headers import PROXY_COOKIES, without_cookies
 from proxy.forwarding.state import PROXY_STATE
-from proxy.inbound.policy import LOOPBACK, AdminAccess, Client, PathPattern, Rule
+from proxy.inbound.policy import LOOPBACK, AdminAccess, Client
+from proxy.inbound.rules import PathPattern, Rule
 from proxy.ops.session import SESSION_COOKIE
 from tests.conftest import ProxyFactory, RecordingUpstream, connection_settings, token_set
 

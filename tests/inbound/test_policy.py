@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import ipaddress
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +18,6 @@ from proxy.inbound.policy import (
     AdminAccess,
     Area,
     Client,
-    PathPattern,
-    Rule,
     area_of,
     authorize_admin,
     authorize_callback,
@@ -33,6 +30,7 @@ from proxy.inbound.policy import (
     presented_key,
     source_address,
 )
+from tests.inbound.test_rules import rule
 
 
 def digest(key: str) -> bytes:
@@ -42,9 +40,6 @@ def digest(key: str) -> bytes:
 def net(*texts: str) -> tuple[Any, ...]:
     return tuple(ipaddress.ip_network(t) for t in texts)
 
-
-def rule(methods: str, *paths: str) -> Rule:
-    return Rule(frozenset(methods.split()), tuple(PathPattern.parse(p) for p in paths))
 
 
 REPORTING = Client(
@@ -60,69 +55,6 @@ CLIENTS = (REPORTING, WRITER, READER)
 POLICY = AccessPolicy(clients=CLIENTS)
 HOME = ipaddress.ip_address("10.1.2.3")
 ELSEWHERE = ipaddress.ip_address("192.0.2.7")
-
-
-# --- path patterns ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("pattern", "path", "matches"),
-    [
-        ("/api/companies/*/employees*", "/api/companies/7/employees", True),
-        ("/api/companies/*/employees*", "/api/companies/7/employeesX", True),
-        ("/api/companies/*/employees*", "/api/companies/7/employees/3", False),
-        ("/api/companies/*/employees*", "/api/companies/7/8/employees", False),
-        ("/api/companies/*/employees*", "/api/companies//employees", True),  # '*' may be empty
-        ("/api/companies/*/employees*", "/api/companies/7/hourcodes", False),
-        ("/api/companies", "/api/companies", True),
-        ("/api/companies", "/api/companies/", False),
-        ("/api/companies", "/api/Companies", False),  # case matters
-        ("/api/**", "/api", True),
-        ("/api/**", "/api/", True),
-        ("/api/**", "/api/a/b/c", True),
-        ("/api/**", "/apix", False),
-        ("/**", "/", True),
-        ("/**", "/anything/at/all", True),
-        ("/api/**/info", "/api/info", True),
-        ("/api/**/info", "/api/employees/1/info", True),
-        ("/api/**/info", "/api/employees/1/infos", False),
-        ("/a.b/c+d", "/a.b/c+d", True),  # regex characters are literal
-        ("/a.b/c+d", "/aXb/c+d", False),
-        ("/api/*", "/api/x\n", False),
-    ],
-)
-def test_path_patterns(pattern: str, path: str, matches: bool) -> None:
-    assert PathPattern.parse(pattern).matches(path) is matches
-
-
-@pytest.mark.parametrize(
-    ("pattern", "reason"),
-    [
-        ("api/x", "must start with '/'"),
-        ("/api/x?y=1", "must not contain '?', '#', '%', '\\' or whitespace"),
-        ("/api/%2F", "must not contain '?', '#', '%', '\\' or whitespace"),
-        ("/api/ x", "must not contain '?', '#', '%', '\\' or whitespace"),
-        ("/api/a**", "'**' must be a whole segment ('/**/')"),
-    ],
-)
-def test_bad_path_patterns(pattern: str, reason: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(reason)):
-        PathPattern.parse(pattern)
-
-
-@pytest.mark.parametrize(
-    ("methods", "method", "allowed"),
-    [
-        ("GET", "GET", True),
-        ("GET", "HEAD", True),  # GET implies HEAD
-        ("GET", "POST", False),
-        ("HEAD", "GET", False),
-        ("GET PUT", "PUT", True),
-        ("*", "DELETE", True),
-    ],
-)
-def test_rule_methods(methods: str, method: str, allowed: bool) -> None:
-    assert rule(methods, "/x").allows(method, "/x") is allowed
 
 
 # --- identification -----------------------------------------------------------------------------
@@ -191,6 +123,30 @@ def test_new_keys_are_random_and_hash_to_their_digest() -> None:
         assert key.startswith("npk_")
         assert len(key) >= 40
         assert hash_key(key) == hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_a_policy_remembers_the_keys_that_named_a_client_and_no_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    policy = AccessPolicy(clients=CLIENTS)
+    hashed: list[str] = []
+    real = identify
+
+    def counting(clients: tuple[Client, ...], key: str) -> Client | None:
+        hashed.append(key)
+        return real(clients, key)
+
+    monkeypatch.setattr("proxy.inbound.policy.identify", counting)
+    for _ in range(3):
+        for key in ("key-reporting", "key-reader", "wrong", ""):
+            found = policy.client_with_key(key)
+            expected = real(CLIENTS, key)
+            assert found is expected
+    # each known key hashed once; an unknown one every time, and never kept
+    assert hashed.count("key-reporting") == hashed.count("key-reader") == 1
+    assert hashed.count("wrong") == hashed.count("") == 3
+    assert set(vars(policy)["_known_keys"]) == {"key-reporting", "key-reader"}
+    assert "key-reporting" not in repr(policy)
 
 
 @pytest.mark.parametrize(
