@@ -117,7 +117,8 @@ class Pool:
         head, fixed_length = _request_head(
             method, route.target_prefix + target if route.target_prefix else target,
             route.origin.host_header, headers, body, extra=route.proxy_header)
-        outgoing = _Outgoing(method, head, body, fixed_length, read_timeout)
+        outgoing = _Outgoing(method, head, body, fixed_length=fixed_length,
+                             read_timeout=read_timeout)
         conn = self._idle_connection(route) or await self._connect(route, connect_timeout)
         try:
             response = await self._exchange(conn, outgoing)
