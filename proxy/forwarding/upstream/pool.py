@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
+from collections.abc import AsyncIterator, Awaitable
 from typing import Final
 
 from multidict import MultiMapping
@@ -123,13 +124,21 @@ class Pool:
         try:
             response = await self._exchange(conn, outgoing)
         except ProtocolError:
+            conn.close()
             replayable = body is None or isinstance(body, bytes)
             if not (conn.reused and not conn.got_answer_bytes and replayable
                     and method in IDEMPOTENT):
                 raise
             # The connection had gone stale in the pool: once more, on a new one.
             conn = await self._connect(route, connect_timeout)
-            response = await self._exchange(conn, outgoing)
+            try:
+                response = await self._exchange(conn, outgoing)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:  # cancelled, timed out: the connection is never reused
+            conn.close()
+            raise
         if response.status == _PROXY_AUTH_REQUIRED and route.target_prefix:
             response.release()
             conn.close()
@@ -139,33 +148,37 @@ class Pool:
                 f"{route.origin.host_header}: 407 Proxy Authentication Required")
         return response
 
-    async def _exchange(self, conn: _Connection, outgoing: _Outgoing) -> Response:
+    def _exchange(self, conn: _Connection, outgoing: _Outgoing) -> Awaitable[Response]:
+        """Send `outgoing` on `conn`; what to await for the answer. A request in memory is
+        written here and the answer awaited directly (no coroutine around it); whoever awaits
+        closes the connection when that fails (`request`)."""
         body = outgoing.body
-        head = outgoing.head
+        if body is not None and not isinstance(body, bytes):
+            return self._streamed(conn, outgoing, body)
         answer = conn.begin(outgoing.method, outgoing.read_timeout)
         self._busy.add(conn)
-        sender: asyncio.Task[None] | None = None
+        conn.write(outgoing.head + body if body else outgoing.head)
+        conn.request_sent = True
+        return answer
+
+    async def _streamed(self, conn: _Connection, outgoing: _Outgoing,
+                        body: AsyncIterator[bytes]) -> Response:
+        """A streamed body goes on in a task of its own while the answer is awaited."""
+        answer = conn.begin(outgoing.method, outgoing.read_timeout)
+        self._busy.add(conn)
+        conn.write(outgoing.head)
+        sender = asyncio.ensure_future(_send_body(conn, body, chunked=not outgoing.fixed_length))
         try:
-            if body is None or isinstance(body, bytes):
-                conn.write(head + body if body else head)
-                conn.request_sent = True
-            else:
-                conn.write(head)
-                sender = asyncio.ensure_future(
-                    _send_body(conn, body, chunked=not outgoing.fixed_length)
-                )
             response = await answer
-            if sender is not None:
-                if not sender.done():  # answered before the body was sent: not reusable
-                    conn.keep_alive = False
-                    sender.add_done_callback(_ignore_outcome)
-                else:
-                    sender.result()
         except BaseException:
-            if sender is not None and not sender.done():
+            if not sender.done():
                 sender.cancel()
-            conn.close()
             raise
+        if not sender.done():  # answered before the body was sent: not reusable
+            conn.keep_alive = False
+            sender.add_done_callback(_ignore_outcome)
+        else:
+            sender.result()
         return response
 
     def _idle_connection(self, route: Route) -> _Connection | None:
