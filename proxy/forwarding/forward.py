@@ -22,7 +22,7 @@ from proxy.forwarding import upstream
 from proxy.forwarding.cache import Plan, ResponseCache, invalidates, served_headers
 from proxy.forwarding.connection import Connection
 from proxy.forwarding.exchange import Answer, Send, exchange, read_head
-from proxy.forwarding.headers import client_response_headers, upstream_request_lines
+from proxy.forwarding.headers import client_response_headers, upstream_request_fields
 from proxy.forwarding.observe import OBSERVATION, Observation
 from proxy.forwarding.state import PROXY_STATE, ProxyState
 from proxy.telemetry.tracing import ServerSpan
@@ -187,20 +187,19 @@ class _Sender:
     async def _once(self, credentials: Mapping[str, str], traceparent: str
                     ) -> upstream.Response:
         request, connection, observation = self.request, self.connection, self.observation
-        inbound = request.headers
-        lines = upstream_request_lines(
-            inbound,
+        lines, length = upstream_request_fields(
+            request.headers,
             client_address=request.remote,
             scheme=request.scheme,
             host=request.host,
+            credentials=credentials,
             replaced=connection.credential_names,
             defaults=connection.default_headers,
             request_id=observation.request_id,
             traceparent=traceparent,
             keep_tracestate=observation.trace.keep_tracestate,
         )
-        lines.extend(map(": ".join, credentials.items()))
-        headers = upstream.HeaderLines(lines, inbound.get("Content-Length"))
+        headers = upstream.HeaderLines(lines, length)
         sent = time.perf_counter()
         try:
             response = await self.state.pool.request(

@@ -83,32 +83,32 @@ _DROP_TRACED: Final = _DROP_UPSTREAM | {TRACEPARENT}
 _DROP_RESTARTED: Final = _DROP_TRACED | {TRACESTATE}
 
 
-def upstream_request_headers(
+def upstream_request_fields(
     inbound: MultiMapping[str],
     *,
     client_address: str | None,
     scheme: str,
     host: str | None,
     credentials: Mapping[str, str],
+    replaced: frozenset[str] | None = None,
     defaults: Mapping[str, str] = {},
     request_id: str | None = None,
     traceparent: str | None = None,
     keep_tracestate: bool = True,
-) -> CIMultiDict[str]:
-    """The headers sent upstream, as a map: `upstream_request_lines` with the credentials
-    added, and the client's Content-Length kept (the upstream client frames a streamed body
-    by it)."""
+) -> tuple[list[str], str | None]:
+    """What goes upstream of the client's request: `upstream_request_lines` with the
+    credentials' lines added, and the client's Content-Length (the upstream client frames a
+    streamed body by it). `replaced`: the credentials' names in lower case, when the caller
+    keeps them (a connection does); else they are worked out here."""
+    if replaced is None:
+        replaced = frozenset(name.lower() for name in credentials)
     lines = upstream_request_lines(
-        inbound, client_address=client_address, scheme=scheme, host=host,
-        replaced=frozenset(name.lower() for name in credentials), defaults=defaults,
-        request_id=request_id, traceparent=traceparent, keep_tracestate=keep_tracestate,
+        inbound, client_address=client_address, scheme=scheme, host=host, replaced=replaced,
+        defaults=defaults, request_id=request_id, traceparent=traceparent,
+        keep_tracestate=keep_tracestate,
     )
-    out: CIMultiDict[str] = CIMultiDict(line.partition(": ")[::2] for line in lines)
-    length = inbound.get("Content-Length")
-    if length is not None:
-        out.add("Content-Length", length)
-    out.extend(credentials)
-    return out
+    lines.extend(map(": ".join, credentials.items()))
+    return lines, inbound.get("Content-Length")
 
 
 def upstream_request_lines(
