@@ -3,7 +3,9 @@
 Two kinds of series:
 - events, counted as they happen: requests, upstream and proxy-added latency, 429s, token
   refreshes, store errors. On the request path every instrument is bound to its label values
-  once (`ConnectionMetrics`), so a request costs a dict lookup and a few increments.
+  once (`ConnectionMetrics`), so a request costs a dict lookup and a few increments; the
+  request path's own series are lock-free (proxy.telemetry.instruments), the rest are
+  prometheus_client's.
 - state, read when Prometheus scrapes: token expiry, refresh-token age, warnings, readiness,
   the rate learned from the upstream's 429s (`_StateCollector`), computed from each
   connection's report at that moment.
@@ -24,13 +26,13 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     ProcessCollector,
     disable_created_metrics,
 )
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
+from proxy.telemetry.instruments import Count, CounterFamily, HistogramFamily
 from proxy.telemetry.tracing import refresh_span
 from proxy.tokens.health import Assessment, Concern, LinkState
 from proxy.tokens.status import TokenStatus
@@ -83,7 +85,7 @@ class RequestCounter:
     def __init__(self, metrics: Metrics, name: str) -> None:
         self._name = name
         self._requests = metrics.requests
-        self._by_key: dict[tuple[str, int], Counter] = {}
+        self._by_key: dict[tuple[str, int], Count] = {}
 
     def request_done(self, method: str, status: int) -> None:
         if method not in METHODS:
@@ -115,7 +117,7 @@ class Metrics:
     def __init__(self, *, process: bool = True) -> None:
         self.registry = CollectorRegistry()
         registry = self.registry
-        self.requests = Counter(
+        self.requests = CounterFamily(
             f"{PREFIX}_requests",
             "Requests answered, by connection (empty: the proxy's own pages and unrouted "
             "paths), method and status class.",
@@ -125,14 +127,14 @@ class Metrics:
         self.in_flight = Gauge(
             f"{PREFIX}_requests_in_flight", "Requests being handled now.", registry=registry
         )
-        self.upstream_latency = Histogram(
+        self.upstream_latency = HistogramFamily(
             f"{PREFIX}_upstream_duration_seconds",
             "Time from sending a request upstream to its response headers.",
             ["connection"],
             buckets=UPSTREAM_BUCKETS,
             registry=registry,
         )
-        self.added_latency = Histogram(
+        self.added_latency = HistogramFamily(
             f"{PREFIX}_added_latency_seconds",
             "Time the proxy adds: from a request's arrival to its response headers going out, "
             "minus the time spent waiting for the upstream.",
@@ -140,7 +142,7 @@ class Metrics:
             buckets=ADDED_BUCKETS,
             registry=registry,
         )
-        self.rate_limited = Counter(
+        self.rate_limited = CounterFamily(
             f"{PREFIX}_upstream_rate_limited",
             "429 Too Many Requests answers seen from the upstream.",
             ["connection"],
