@@ -35,13 +35,14 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy import app as composition
+from proxy.acceptor import AcceptingSite, bound_sockets
 from proxy.config import load
 from proxy.core import redact
 from proxy.core.secret import revealed_in
 from proxy.forwarding.dataplane import DATA_PLANE, Handler
 from proxy.forwarding.forward import forward
 from proxy.forwarding.state import PROXY_STATE, ProxyState
-from proxy.server import ProxyRunner
+from proxy.server import LISTEN_BACKLOG, ProxyRunner
 from proxy.telemetry.logs import setup_logging
 from proxy.workers import new_event_loop
 
@@ -109,7 +110,8 @@ async def serve_full(app: web.Application, port: int) -> None:
     """As `serve` listens: ProxyRunner hands each request to the data plane first."""
     runner = ProxyRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    for sock in bound_sockets("127.0.0.1", port, backlog=LISTEN_BACKLOG):
+        await AcceptingSite(runner, sock).start()
     try:
         await asyncio.Event().wait()
     finally:

@@ -41,6 +41,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.web_server import Server
 
+from proxy.acceptor import AcceptingSite, bound_sockets
 from proxy.core.listener_tls import ListenerCertificates
 from proxy.forwarding.dataplane import DATA_PLANE
 from proxy.forwarding.observe import TRAFFIC
@@ -166,13 +167,10 @@ async def serve(
     ops_runner = None if ops is None else await ops.start()
     signals = _Signals()
     _reload_on_sighup(app)
-    sites: list[web.BaseSite] = (
-        [web.SockSite(runner, sock, ssl_context=context) for sock in sockets]
-        if sockets
-        # reuse_port: the workers of `serve --workers N` all bind the same port.
-        else [web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None,
-                          ssl_context=context, backlog=LISTEN_BACKLOG)]
-    )
+    # reuse_port: the workers of `serve --workers N` all bind the same port.
+    listening = list(sockets) or bound_sockets(host, port, backlog=LISTEN_BACKLOG,
+                                               reuse_port=reuse_port)
+    sites = [AcceptingSite(runner, sock, ssl_context=context) for sock in listening]
     try:
         for site in sites:
             await site.start()

@@ -409,7 +409,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 # TLS (the handshake and the certificate swap run in the loop's own SSL code).
 _BOTH_LOOPS = (Path(__file__).parent / "forwarding" / "test_forward.py",
                Path(__file__).parent / "forwarding" / "upstream",
-               Path(__file__).parent / "inbound" / "test_tls_clients.py")
+               Path(__file__).parent / "inbound" / "test_tls_clients.py",
+               Path(__file__).parent / "test_acceptor.py")
 
 
 def pytest_asyncio_loop_factories(
