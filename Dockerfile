@@ -18,7 +18,7 @@ RUN groupadd --system --gid 10001 nmbrs-proxy \
 
 WORKDIR /opt/nmbrs-proxy
 # The exact versions CI tested, hashes checked (requirements/runtime.lock: the dependencies, the
-# fast extra with uvloop's event loop, for NMBRS_PROXY_EVENT_LOOP=uvloop, and setuptools to build
+# fast extra with uvloop's event loop, which serve then runs on, and setuptools to build
 # the project), in a layer of their own that a code change does not rebuild.
 COPY requirements/runtime.lock ./requirements/
 RUN pip install --require-hashes --no-deps -r requirements/runtime.lock

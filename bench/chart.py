@@ -19,7 +19,7 @@ import report
 
 COLOURS = {report.DIRECT: "#9e9e9e", report.NGINX: "#2e7d32", report.FLOOR: "#90caf9",
            report.BEFORE: "#b0bec5",
-           report.PROXY: "#1565c0", report.PROXY_UVLOOP: "#7e57c2", report.MITM: "#ef6c00"}
+           report.PROXY: "#1565c0", report.PROXY_ASYNCIO: "#7e57c2", report.MITM: "#ef6c00"}
 
 
 def render(results: dict[str, object], out: Path) -> None:

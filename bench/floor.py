@@ -22,7 +22,7 @@ def main(port: int, body: bytes) -> None:
 
     app = web.Application()
     app.router.add_get("/{tail:.*}", answer)
-    # uvloop's loop: the floor at its lowest (serve runs on asyncio's by default)
+    # uvloop's loop, as serve runs when it is installed: the floor at its lowest
     loop = new_event_loop({"NMBRS_PROXY_EVENT_LOOP": "uvloop"})
     web.run_app(app, host="127.0.0.1", port=port, loop=loop, access_log=None,
                 print=None)

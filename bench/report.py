@@ -20,9 +20,9 @@ MITM = "mitmproxy"
 DIRECT = "direct"
 FLOOR = "aiohttp-floor"  # a bare aiohttp app answering by itself: no proxying at all
 BEFORE = "before"  # nmbrs-proxy from another tree (--before), e.g. main without a change
-PROXY_UVLOOP = "proxy-uvloop"  # nmbrs-proxy on uvloop's event loop (NMBRS_PROXY_EVENT_LOOP=uvloop)
-# "proxy-asyncio": results written before the default loop changed (the proxy on asyncio's)
-TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, PROXY_UVLOOP, "proxy-asyncio", MITM)
+PROXY_ASYNCIO = "proxy-asyncio"  # nmbrs-proxy with NMBRS_PROXY_EVENT_LOOP=asyncio
+# "proxy-uvloop": results written while asyncio's loop was the default (the proxy on uvloop)
+TARGET_ORDER = (DIRECT, NGINX, FLOOR, BEFORE, PROXY, PROXY_ASYNCIO, "proxy-uvloop", MITM)
 MB = 1024 * 1024
 
 

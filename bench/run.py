@@ -120,7 +120,7 @@ class Bench:
     @property
     def proxy_env(self) -> dict[str, str]:
         # The proxy verifies the TLS upstream against the run's own CA, and nothing else.
-        # NMBRS_PROXY_EVENT_LOOP goes through (e.g. uvloop, to profile the proxy on it).
+        # NMBRS_PROXY_EVENT_LOOP goes through (e.g. asyncio, to profile the proxy on it).
         loop = {k: v for k, v in os.environ.items() if k == "NMBRS_PROXY_EVENT_LOOP"}
         return {"SSL_CERT_FILE": str(self.ca), "PYTHONUNBUFFERED": "1", **loop}
 
@@ -171,7 +171,7 @@ class Bench:
 
 
 async def start_proxies(bench: Bench) -> None:
-    """nmbrs-proxy as targets: as shipped, on uvloop's loop, from --before, two processes."""
+    """nmbrs-proxy as targets: as shipped, on asyncio's loop, from --before, two processes."""
     # The proxy under test gets its tokens the way a person links it: the consent flow.
     proxy1, _ = await bench.start_proxy("proxy1", bench.conns())
     for conn in bench.conns():
@@ -182,11 +182,11 @@ async def start_proxies(bench: Bench) -> None:
         "plain": bench.url("proxy1", JSON_PATH), "tls": bench.url("proxy1", f"/tls{JSON_PATH}")},
         proxy1, (KEY_HEADER,)))
 
-    # The same proxy on uvloop's event loop (the `fast` extra): what it changes, same run.
+    # The same proxy on asyncio's own event loop (uvloop is the default when installed).
     proc, _ = await bench.start_proxy("proxy1a", bench.conns(), preload="idp",
-                                      env={"NMBRS_PROXY_EVENT_LOOP": "uvloop"})
+                                      env={"NMBRS_PROXY_EVENT_LOOP": "asyncio"})
     await wait_http(bench.url("proxy1a", "/_proxy/readyz"), proc=proc)
-    bench.targets.append(Target(report.PROXY_UVLOOP, 1, {
+    bench.targets.append(Target(report.PROXY_ASYNCIO, 1, {
         "plain": bench.url("proxy1a", JSON_PATH), "tls": bench.url("proxy1a", f"/tls{JSON_PATH}")},
         proc, (KEY_HEADER,)))
 

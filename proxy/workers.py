@@ -49,24 +49,25 @@ _POLL_SECONDS: Final = 0.5
 
 
 def new_event_loop(environ: Mapping[str, str] = os.environ) -> asyncio.AbstractEventLoop:
-    """asyncio's own event loop; uvloop's with NMBRS_PROXY_EVENT_LOOP=uvloop (the `fast` extra).
+    """uvloop's event loop when it is installed (the `fast` extra), else asyncio's own;
+    NMBRS_PROXY_EVENT_LOOP=asyncio or =uvloop chooses.
 
-    asyncio's is the default because it serves every client in turn: saturated by 256
-    keep-alive clients, uvloop left some of their requests unread in the socket for up to a
-    second (p99 0.35-0.5 s against 39 ms on asyncio's loop, BENCHMARKS.md), for 5-8 % more
-    requests per second.
+    uvloop serves 3-12 % more requests per second (BENCHMARKS.md). Until the proxy accepted its
+    connections itself (proxy.acceptor), uvloop's server took a burst of new clients a few per
+    turn of a busy loop, and asyncio's loop was the default for that reason.
     """
-    choice = environ.get("NMBRS_PROXY_EVENT_LOOP", "asyncio")
-    if choice == "uvloop":
+    choice = environ.get("NMBRS_PROXY_EVENT_LOOP", "auto")
+    if choice in {"uvloop", "auto"}:
         try:
             import uvloop  # noqa: PLC0415 - optional: the `fast` extra
         except ImportError:
-            log.warning("NMBRS_PROXY_EVENT_LOOP=uvloop, but uvloop is not installed (the fast "
-                        "extra): asyncio's loop it is")
+            if choice == "uvloop":
+                log.warning("NMBRS_PROXY_EVENT_LOOP=uvloop, but uvloop is not installed (the "
+                            "fast extra): asyncio's loop it is")
         else:
             log.info("event loop: uvloop")
             return uvloop.new_event_loop()
-    elif choice not in {"asyncio", "auto"}:
+    elif choice != "asyncio":
         log.warning("NMBRS_PROXY_EVENT_LOOP=%r is neither asyncio nor uvloop: asyncio's loop",
                     choice[:40])
     log.info("event loop: asyncio")
