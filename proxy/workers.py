@@ -52,7 +52,7 @@ def new_event_loop(environ: Mapping[str, str] = os.environ) -> asyncio.AbstractE
     """uvloop's event loop when it is installed (the `fast` extra), else asyncio's own;
     NMBRS_PROXY_EVENT_LOOP=asyncio or =uvloop chooses.
 
-    uvloop serves 3-12 % more requests per second (BENCHMARKS.md). Until the proxy accepted its
+    uvloop serves 2-14 % more requests per second (BENCHMARKS.md). Until the proxy accepted its
     connections itself (proxy.acceptor), uvloop's server took a burst of new clients a few per
     turn of a busy loop, and asyncio's loop was the default for that reason.
     """
