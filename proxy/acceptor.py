@@ -154,10 +154,13 @@ class AcceptingSite(web.BaseSite):
                  ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._sock = sock
-        host, port = sock.getsockname()[:2]
         scheme = "https" if ssl_context is not None else "http"
-        shown = f"[{host}]" if ":" in host else host
-        self._name = f"{scheme}://{shown}:{port}"
+        if sock.family == socket.AF_UNIX:  # a service manager may pass one (as aiohttp names it)
+            self._name = f"{scheme}://unix:{sock.getsockname()}:"
+        else:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self._name = f"{scheme}://{shown}:{port}"
 
     @property
     def name(self) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Final, TextIO
 
 import aiohttp
-from aiohttp import web
 
+from proxy.acceptor import AcceptingSite
 from proxy.app import create_app
 from proxy.config import ConnectionSettings, ServerSettings, Settings, StoreSettings
 from proxy.core.secret import Secret
@@ -91,7 +91,7 @@ async def run_demo(*, port: int, sandbox_port: int, smoke: bool, stdout: TextIO)
         )
         runner = ProxyRunner(create_app(settings), handler_cancellation=True, access_log=None)
         await runner.setup()
-        await web.SockSite(runner, proxy_socket).start()
+        await AcceptingSite(runner, proxy_socket).start()  # as `serve` listens
         try:
             return await _linked_demo(proxy_url, sandbox_url, smoke=smoke, stdout=stdout)
         finally:

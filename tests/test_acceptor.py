@@ -9,6 +9,7 @@ import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -176,6 +177,24 @@ async def test_a_site_serves_http_and_stops_accepting(
             async with session.get(f"{scheme}://{host}:{port}/"):
                 pass
     assert listening.fileno() == -1  # closed, as asyncio's server closes its sockets
+
+
+async def test_a_unix_socket_from_a_service_manager_is_served(
+    hello_runner: web.AppRunner, tmp_path: Path
+) -> None:
+    path = tmp_path / "proxy.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen()
+    site = AcceptingSite(hello_runner, sock)
+    await site.start()
+    assert site.name == f"http://unix:{path}:"
+    connector = aiohttp.UnixConnector(path=str(path))
+    async with aiohttp.ClientSession(connector=connector) as session, session.get(
+        "http://proxy/"
+    ) as response:
+        assert await response.text() == "hello False"
+    await site.stop()
 
 
 async def test_a_failed_handshake_ends_that_connection_only(
