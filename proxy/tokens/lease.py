@@ -106,10 +106,11 @@ class LeasedRefresh(TokenHolder):
         lifetime = self._store.lease_seconds
         return max(WAIT_SECONDS, WAIT_LEASES * (lifetime or 0.0))
 
-    async def _coordinated_refresh(self) -> TokenSet:
+    async def _coordinated_refresh(self, start: TokenSet | None) -> TokenSet:
+        """Renew `start` (the set in use when the refresh was asked for), unless another set
+        is in use by now or another replica renews it."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_limit()
-        start = self._tokens
         while True:
             if self._moved_on(start):  # adopted meanwhile, e.g. by the refresher
                 return self._current()

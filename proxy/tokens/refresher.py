@@ -153,7 +153,9 @@ class Refresher(LeasedRefresh):
 
     def _start_refresh(self) -> asyncio.Task[TokenSet]:
         if self._inflight is None:
-            task = asyncio.get_running_loop().create_task(self._refresh())
+            # The set in use when the refresh was asked for, not when its task first runs: a
+            # reload may adopt a usable set in between, and then nothing is to be renewed.
+            task = asyncio.get_running_loop().create_task(self._refresh(self._tokens))
             task.add_done_callback(self._refresh_done)
             self._inflight = task
         return self._inflight
@@ -167,9 +169,9 @@ class Refresher(LeasedRefresh):
         # shield: a caller that gives up (client gone) must not cancel everyone's refresh
         return await asyncio.shield(self._start_refresh())
 
-    async def _refresh(self) -> TokenSet:
+    async def _refresh(self, start: TokenSet | None) -> TokenSet:
         try:
-            return await self._coordinated_refresh()
+            return await self._coordinated_refresh(start)
         except StoreError as exc:
             self._events.store_failed(self.connection, operation="refresh")
             self._store_failure(exc)

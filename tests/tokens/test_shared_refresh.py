@@ -339,3 +339,21 @@ async def test_a_retired_manager_lets_its_refresh_finish_and_saves_what_it_broug
     assert stored is not None
     assert (stored.access_token, stored.version) == (token, 5)
     assert cluster.each_refresh_token_redeemed_once()
+
+
+async def test_a_set_adopted_before_a_requested_refresh_runs_is_not_renewed(
+    cluster: Cluster,
+) -> None:
+    """A replica with no set is told another one linked (a request asks for a token while the
+    reload is due); the reload adopts the new set before the refresh task takes its first
+    step. The refresh was asked for with no set: it finds one in use and renews nothing (it
+    used to renew the set it found, spending a refresh for nothing)."""
+    linked = cluster.sandbox.tokens().with_version(1)
+    replica = cluster.replica()
+    await replica.load()
+    assert replica.tokens is None
+    await cluster.seed(linked)
+    refresh = replica._start_refresh()  # what a request's bearer() starts
+    replica._use(linked)  # the reload, in the same turn of the loop
+    assert (await refresh).access_token == linked.access_token
+    assert cluster.refreshes == 0
