@@ -60,6 +60,15 @@ def bound_sockets(host: str | None, port: int, *, backlog: int, reuse_port: bool
     return sockets
 
 
+def address_url(address: object, scheme: str = "http") -> str:
+    """A listening address (a socket's name: host and port, or a Unix path) as logs show it."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in str(host) else str(host)
+        return f"{scheme}://{shown}:{port}"
+    return str(address)
+
+
 class Acceptor(asyncio.AbstractServer):
     """Accepts the connections of one listening socket for a protocol factory."""
 
@@ -139,9 +148,10 @@ class Acceptor(asyncio.AbstractServer):
 
     def _handed_over(self, task: asyncio.Task[Any]) -> None:
         self._handing_over.discard(task)
-        if not task.cancelled() and task.exception() is not None:
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
             # A TLS handshake that failed, a client that left first: that connection only.
-            log.debug("a connection ended before it was served: %r", task.exception())
+            log.debug("a connection ended before it was served: %r", error)
 
 
 class AcceptingSite(web.BaseSite):
@@ -158,9 +168,7 @@ class AcceptingSite(web.BaseSite):
         if sock.family == socket.AF_UNIX:  # a service manager may pass one (as aiohttp names it)
             self._name = f"{scheme}://unix:{sock.getsockname()}:"
         else:
-            host, port = sock.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            self._name = f"{scheme}://{shown}:{port}"
+            self._name = address_url(sock.getsockname(), scheme)
 
     @property
     def name(self) -> str:

@@ -41,7 +41,7 @@ from typing import Final
 from aiohttp import web
 from aiohttp.web_server import Server
 
-from proxy.acceptor import AcceptingSite, bound_sockets
+from proxy.acceptor import AcceptingSite, address_url, bound_sockets
 from proxy.core.listener_tls import ListenerCertificates
 from proxy.forwarding.dataplane import DATA_PLANE
 from proxy.forwarding.observe import TRAFFIC
@@ -131,7 +131,7 @@ class OpsListener:
         await web.TCPSite(runner, self.host, self.port, reuse_address=True,
                           reuse_port=True, ssl_context=self.ssl_context).start()
         scheme = "http" if self.ssl_context is None else "https"
-        addresses = [_address(name, scheme) for name in runner.addresses]
+        addresses = [address_url(name, scheme) for name in runner.addresses]
         log.info("probes and metrics on %s", ", ".join(addresses),
                  extra={"event": "ops_listening", "addresses": addresses})
         return runner
@@ -175,7 +175,7 @@ async def serve(
         for site in sites:
             await site.start()
         scheme = "http" if context is None else "https"
-        addresses = [_address(name, scheme) for name in runner.addresses]
+        addresses = [address_url(name, scheme) for name in runner.addresses]
         log.info(
             "listening on %s", ", ".join(addresses), extra={"event": "listening",
                                                            "addresses": addresses},
@@ -232,14 +232,6 @@ def _reload_on_sighup(app: web.Application) -> None:
         task.add_done_callback(running.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-
-
-def _address(name: object, scheme: str = "http") -> str:
-    if isinstance(name, tuple) and len(name) >= 2:
-        host, port = name[0], name[1]
-        shown = f"[{host}]" if ":" in str(host) else str(host)
-        return f"{scheme}://{shown}:{port}"
-    return str(name)
 
 
 _STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
